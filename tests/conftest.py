@@ -1,0 +1,68 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.synthetic import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A two-subject synthetic SEED-V folder."""
+    root = tmp_path / "SEED-V"
+    write_dataset(root, seed=0, n_subjects=2)
+    return root
+
+
+def _project_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.split("\n")
+    return [f for f in out if f and (ROOT / f).is_file()]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A committed copy of the project's files (no data, no caches) in its own git repository.
+
+    ``project.run(*args)`` runs a command there with the test's Python environment on PATH;
+    ``project.set_params(section, **values)`` edits params.yaml.
+    """
+    dest = tmp_path / "project"
+    for name in _project_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("DVC_ROOT", None)
+
+    class Project:
+        path = dest
+
+        def run(self, *args, check=True):
+            result = subprocess.run(args, cwd=dest, env=env, capture_output=True, text=True)
+            if check and result.returncode != 0:
+                raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+            return result
+
+        def set_params(self, section, **values):
+            path = dest / "params.yaml"
+            params = yaml.safe_load(path.read_text())
+            params[section].update(values)
+            path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+        def commit(self, message="test"):
+            self.run("git", "add", "-A")
+            self.run("git", "commit", "-qm", message)
+
+    p = Project()
+    p.run("git", "init", "-q", "-b", "main")
+    p.commit("copy")
+    return p
