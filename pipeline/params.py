@@ -53,14 +53,16 @@ class Model:
     feature_importance: bool = True
     cross_attention: bool = True
     self_attention: bool = True
+    global_pooling: bool = True   # off: the last valid window's representation instead of the masked mean
     domain_adaptation: bool = True
+    mlp_head: bool = True         # off: a single linear layer
 
 
 @dataclass
 class Train:
     epochs: int = 20
     batch_size: int = 32
-    crops_per_trial: int = 4
+    crops_per_trial: int = 2
     lr: float = 1.0e-3
     weight_decay: float = 1.0e-4
     grad_clip: float = 1.0

@@ -1,9 +1,12 @@
-"""What every stage shares: loading params and turning user-caused errors into one line + exit 1."""
+"""What every stage shares: params, one-line user errors, atomic writes."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from pipeline.params import ParamsError, load
 from pipeline.seedv import SeedVFormatError
@@ -22,3 +25,21 @@ def user_errors():
 def params():
     with user_errors():
         return load("params.yaml")
+
+
+@contextmanager
+def atomic_path(path: Path | str):
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path | str, data) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -66,3 +66,15 @@ def project(tmp_path):
     p.run("git", "init", "-q", "-b", "main")
     p.commit("copy")
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_frame():
+    """Normalized feature table of three synthetic subjects."""
+    import pandas as pd
+
+    from pipeline.features import normalize, recording_to_frame
+    from pipeline.synthetic import generate_subject
+
+    frame = pd.concat([recording_to_frame(generate_subject(0, s)) for s in (1, 2, 3)], ignore_index=True)
+    return normalize(frame, "subject")

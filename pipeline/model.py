@@ -1,0 +1,225 @@
+"""The cross-modal transformer, read top to bottom: seven components, then the assembled model.
+
+Shapes: B trials (or crops) in a batch, L windows per sequence, F features (310 EEG or 33 eye),
+D = ``d_model``. ``valid`` is a bool (B, L) mask, True for real windows; padding is masked everywhere
+(feature-importance statistics, attention keys, pooling), so padding a sequence never changes its output.
+Every component can be switched off from ``params.yaml`` for ablation (see :class:`CrossModalTransformer`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .params import Model as ModelParams
+
+N_CLASSES = 5
+INPUT_FEATURES = {"eeg": 310, "eye": 33}
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid windows. x (B, L, F), valid (B, L) -> (B, F)."""
+    weights = valid.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class PositionalEncoding(nn.Module):
+    """1. Sinusoidal positional encoding over the window sequence. (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model: int, max_len: int = 512):
+        super().__init__()
+        position = torch.arange(max_len).unsqueeze(1)
+        frequency = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2] = torch.sin(position * frequency)
+        table[:, 1::2] = torch.cos(position * frequency)
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table[: x.shape[1]]
+
+
+class FeatureImportance(nn.Module):
+    """2. Feature Importance Module: an input-dependent sigmoid gate per input feature.
+
+    The gate is computed from the masked mean of the sequence, so it is one weight per feature and
+    sequence, interpretable as channel x band (EEG) or eye-feature importance.
+    x (B, L, F), valid (B, L) -> gated x (B, L, F), weights (B, F) in (0, 1).
+    """
+
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, n_features))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = torch.sigmoid(self.gate(masked_mean(x, valid)))
+        return x * weights.unsqueeze(1), weights
+
+
+class CrossModalAttention(nn.Module):
+    """3. Bidirectional cross-modal attention with residual + LayerNorm.
+
+    EEG queries attend to eye keys/values and eye queries to EEG keys/values (same windows, same mask).
+    eeg, eye (B, L, D), valid (B, L) -> eeg', eye' (B, L, D), attention maps eeg->eye and eye->eeg
+    (B, L, L), averaged over heads; each query row sums to 1 over valid keys.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.eeg_to_eye = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.eye_to_eeg = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.norm_eeg = nn.LayerNorm(d_model)
+        self.norm_eye = nn.LayerNorm(d_model)
+
+    def forward(self, eeg, eye, valid):
+        padding = ~valid
+        eeg_attended, eeg_map = self.eeg_to_eye(eeg, eye, eye, key_padding_mask=padding)
+        eye_attended, eye_map = self.eye_to_eeg(eye, eeg, eeg, key_padding_mask=padding)
+        return (self.norm_eeg(eeg + eeg_attended), self.norm_eye(eye + eye_attended), eeg_map, eye_map)
+
+
+class SelfAttentionEncoder(nn.Module):
+    """4. Per-modality Transformer encoder (intra-modal temporal dynamics). (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model: int, heads: int, layers: int, d_ff: int, dropout: float):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout, activation="gelu", batch_first=True)
+        # No nested-tensor fast path: it would make padded and unpadded inputs take different kernels.
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x, src_key_padding_mask=~valid)
+
+
+class GlobalPooling(nn.Module):
+    """5. Masked mean over valid windows (or, switched off, the last valid window). (B, L, D) -> (B, D)."""
+
+    def __init__(self, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            return masked_mean(x, valid)
+        last = valid.long().sum(1).clamp(min=1) - 1
+        return x[torch.arange(len(x), device=x.device), last]
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.alpha * grad, None
+
+
+def grl_alpha(progress: float) -> float:
+    """GRL coefficient schedule alpha = 2 / (1 + exp(-10 p)) - 1, p = training progress in [0, 1]."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+class DomainClassifier(nn.Module):
+    """6. Gradient reversal + subject classifier over the training subjects. (B, E) -> (B, n_subjects).
+
+    Forward is the identity into an MLP; backward multiplies the gradient by -alpha, so the features
+    are pushed to carry no subject identity.
+    """
+
+    def __init__(self, in_features: int, hidden: int, n_subjects: int):
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, n_subjects))
+
+    def forward(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        return self.classifier(_ReverseGradient.apply(x, alpha))
+
+
+class ClassificationHead(nn.Module):
+    """7. MLP with GELU (or, switched off, one linear layer). (B, E) -> (B, 5) logits."""
+
+    def __init__(self, in_features: int, hidden: int, dropout: float, mlp: bool = True):
+        super().__init__()
+        self.net = (nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, N_CLASSES))
+                    if mlp else nn.Linear(in_features, N_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor                       # (B, 5)
+    embedding: torch.Tensor                    # (B, E) fused representation
+    domain_logits: torch.Tensor | None = None  # (B, n_subjects) when domain adaptation is on
+    details: dict = field(default_factory=dict)  # FIM weights and attention maps, when asked for
+
+
+class CrossModalTransformer(nn.Module):
+    """The assembled model.
+
+    eeg (B, L, 310), eye (B, L, 33), valid (B, L) -> :class:`Output`. With one modality in
+    ``params.modalities`` only that branch exists (and cross-attention does not apply); the other input
+    is ignored. ``n_subjects`` is the number of *training* subjects (domain classes); there are no
+    per-subject parameters, so a held-out subject runs through exactly the same network.
+    """
+
+    def __init__(self, params: ModelParams, n_subjects: int):
+        super().__init__()
+        self.params = params
+        d, self.modalities = params.d_model, tuple(params.modalities)
+        self.fim = nn.ModuleDict({m: FeatureImportance(INPUT_FEATURES[m], d) for m in self.modalities}
+                                 if params.feature_importance else {})
+        self.project = nn.ModuleDict({m: nn.Linear(INPUT_FEATURES[m], d) for m in self.modalities})
+        self.position = PositionalEncoding(d) if params.positional_encoding else None
+        self.dropout = nn.Dropout(params.dropout)
+        self.cross = (CrossModalAttention(d, params.heads, params.dropout)
+                      if params.cross_attention and len(self.modalities) == 2 else None)
+        self.encoders = nn.ModuleDict(
+            {m: SelfAttentionEncoder(d, params.heads, params.layers, params.d_ff, params.dropout)
+             for m in self.modalities} if params.self_attention else {})
+        self.pool = GlobalPooling(params.global_pooling)
+        fused = d * len(self.modalities)
+        self.domain = DomainClassifier(fused, d, n_subjects) if params.domain_adaptation else None
+        self.head = ClassificationHead(fused, d, params.dropout, mlp=params.mlp_head)
+
+    def forward(self, eeg: torch.Tensor, eye: torch.Tensor, valid: torch.Tensor, grl_alpha: float = 0.0,
+                details: bool = False) -> Output:
+        inputs, extra = {"eeg": eeg, "eye": eye}, {}
+        streams = {}
+        for m in self.modalities:
+            x = inputs[m]
+            if m in self.fim:
+                x, extra[f"fim_{m}"] = self.fim[m](x, valid)
+            x = self.project[m](x)
+            if self.position is not None:
+                x = self.position(x)
+            streams[m] = self.dropout(x)
+        if self.cross is not None:
+            streams["eeg"], streams["eye"], extra["attn_eeg_to_eye"], extra["attn_eye_to_eeg"] = self.cross(
+                streams["eeg"], streams["eye"], valid)
+        for m in self.encoders:
+            streams[m] = self.encoders[m](streams[m], valid)
+        embedding = torch.cat([self.pool(streams[m], valid) for m in self.modalities], dim=-1)
+        domain = self.domain(embedding, grl_alpha) if self.domain is not None else None
+        return Output(self.head(embedding), embedding, domain, extra if details else {})
+
+
+class PackedInput(nn.Module):
+    """One-tensor wrapper for serving (MLflow pyfunc): x (B, L, 310 + 33 + 1) -> probabilities (B, 5).
+
+    The last input channel is the valid-window mask (1 real, 0 padding).
+    """
+
+    def __init__(self, model: CrossModalTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eeg, eye, valid = x[..., :310], x[..., 310:343], x[..., 343] > 0.5
+        return torch.softmax(self.model(eeg, eye, valid).logits, dim=-1)

@@ -1,0 +1,185 @@
+"""Everything MLflow: where the store is, one parent run per pipeline execution, child runs per stage.
+
+- Store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db`` where ``<repo>`` is
+  ``DVC_ROOT`` (set by DVC, and pointing at the real repository even when ``dvc exp run`` works in a
+  temporary copy) or the current directory.
+- Parent run: every stage is its own process, so the parent is found (or created) by the tag
+  ``pipeline.execution``. Its value identifies the DVC process running the stages (pid, start time and
+  boot id of the nearest ``dvc`` ancestor process), so one ``dvc repro`` or one ``dvc exp run`` (queued
+  or not) is one parent, and a rerun is a new one. ``PIPELINE_EXECUTION`` overrides it.
+- Writers are several processes when experiments run in parallel; SQLite then answers "database is
+  locked" now and then, so every write goes through :func:`retry` with exponential backoff.
+
+Nothing here is written into DVC-tracked outputs (run ids would break DVC's caching).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import random
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+EXECUTION_TAG = "pipeline.execution"
+ROLE_TAG = "pipeline.role"  # parent | fold | baselines | evaluate | plots
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def retry(call, *args, attempts: int = 8, **kwargs):
+    """Run an MLflow call, retrying with backoff when the store is momentarily locked or unreachable."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # MlflowException wraps sqlite/http errors; only retry transient ones
+            transient = any(s in str(exc).lower() for s in ("locked", "busy", "timed out", "connection"))
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.2 * 2**attempt, 5.0) * (1 + random.random()))
+
+
+def _dvc_process() -> str | None:
+    """``pid:start_time:boot_id`` of the nearest ancestor process that is DVC, if any (Linux /proc)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid = os.getppid()
+        while pid > 1:
+            args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if any(os.path.basename(a) == "dvc" for a in args[:2]) or args[1:3] == ["-m", "dvc"]:
+                return f"{pid}:{fields[19]}:{boot}"
+            pid = int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def execution_id() -> str:
+    raw = os.environ.get("PIPELINE_EXECUTION") or _dvc_process() or f"process:{os.getpid()}:{time.time()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def git_state(root: Path) -> dict[str, str]:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    return {"git.commit": commit or "none",
+            "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
+
+
+def environment_tags() -> dict[str, str]:
+    import dvc
+    import mlflow
+    import numpy
+    import torch
+
+    return {"version.python": platform.python_version(), "version.torch": torch.__version__,
+            "version.numpy": numpy.__version__, "version.dvc": dvc.__version__,
+            "version.mlflow": mlflow.__version__}
+
+
+class Tracker:
+    """One stage's view of the MLflow store: its execution's parent run and its own child run."""
+
+    def __init__(self, experiment: str):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.client = mlflow.MlflowClient(tracking_uri())
+        mlflow.set_tracking_uri(tracking_uri())
+        self.experiment_id = self._experiment(experiment)
+        self.execution = execution_id()
+
+    def _experiment(self, name: str) -> str:
+        found = retry(self.client.get_experiment_by_name, name)
+        if found:
+            return found.experiment_id
+        try:
+            return retry(self.client.create_experiment, name)
+        except Exception:  # another process created it first
+            return retry(self.client.get_experiment_by_name, name).experiment_id
+
+    def parent(self, params_flat: dict, tags: dict[str, str] | None = None) -> str:
+        """The run id of this execution's parent run, created (with params and tags) if missing."""
+        query = f"tags.`{EXECUTION_TAG}` = '{self.execution}' and tags.`{ROLE_TAG}` = 'parent'"
+        runs = retry(self.client.search_runs, [self.experiment_id], query, max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        root = repo_root()
+        exp_name = os.environ.get("DVC_EXP_NAME", "")
+        run_tags = {EXECUTION_TAG: self.execution, ROLE_TAG: "parent", **git_state(root),
+                    **environment_tags(), **({"dvc.experiment": exp_name} if exp_name else {}), **(tags or {})}
+        name = f"pipeline {exp_name}".strip() if exp_name else "pipeline"
+        run = retry(self.client.create_run, self.experiment_id, run_name=name, tags=run_tags)
+        self.log_params(run.info.run_id, params_flat)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params_flat: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params_flat.items()]
+        for start in range(0, len(items), 100):
+            retry(self.client.log_batch, run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        retry(self.client.log_batch, run_id, metrics=batch)
+
+    def close_stale(self, parent_id: str, role: str, name: str) -> None:
+        """Mark as KILLED any earlier child of this parent with the same name still RUNNING (a killed
+        process leaves its run RUNNING)."""
+        query = (f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{role}' "
+                 f"and attributes.run_name = '{name}' and attributes.status = 'RUNNING'")
+        for run in retry(self.client.search_runs, [self.experiment_id], query):
+            retry(self.client.set_terminated, run.info.run_id, "KILLED")
+
+    @contextmanager
+    def child(self, parent_id: str, role: str, name: str, params_flat: dict | None = None):
+        """A nested run for one stage; ends FAILED (or KILLED on Ctrl-C/SIGTERM) if the stage fails."""
+        self.close_stale(parent_id, role, name)
+        run = retry(self.client.create_run, self.experiment_id, run_name=name,
+                    tags={"mlflow.parentRunId": parent_id, EXECUTION_TAG: self.execution, ROLE_TAG: role})
+        run_id = run.info.run_id
+        if params_flat:
+            self.log_params(run_id, params_flat)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            retry(self.client.set_terminated, run_id, "KILLED")
+            raise
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, SystemExit) and exc.code == 143 else "FAILED"
+            retry(self.client.set_terminated, run_id, status)
+            raise
+        retry(self.client.set_terminated, run_id, "FINISHED")
+
+    def log_model(self, run_id: str, model, example) -> None:
+        """Log a torch module with its signature (inferred from a numpy example batch)."""
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        signature = infer_signature(example, output)
+        with self.mlflow.start_run(run_id=run_id, nested=True):
+            retry(self.mlflow.pytorch.log_model, model, name="model", signature=signature,
+                  input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def log_artifacts(self, run_id: str, paths) -> None:
+        for path in paths:
+            retry(self.client.log_artifact, run_id, str(path))

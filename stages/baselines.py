@@ -1,0 +1,32 @@
+"""baselines: length-only, logistic-regression and chance baselines on the same LOSO folds
+-> metrics/baselines.json (same keys as metrics.json per baseline), metrics/baselines_per_subject.json."""
+
+from tqdm import tqdm
+
+from pipeline.baselines import BASELINES, run_baseline
+from pipeline.evaluate import subject_metrics, summarize
+from pipeline.features import read_table
+from pipeline.tracking import Tracker
+from stages.common import params, write_json
+
+if __name__ == "__main__":
+    p = params()
+    frame = read_table("data/processed/features.parquet")
+    per_subject = {name: {} for name in BASELINES}
+    for subject in tqdm(p.cv.subjects, desc="baselines", unit="fold", disable=None):
+        for name in BASELINES:
+            predictions = run_baseline(name, frame, subject, p.cv.protocol, p.cv.crop_windows, p.train.seed)
+            per_subject[name][subject] = subject_metrics(predictions)
+    summaries = {name: summarize(folds) for name, folds in per_subject.items()}
+    write_json("metrics/baselines.json", summaries)
+    write_json("metrics/baselines_per_subject.json", per_subject)
+
+    flat = {f"baseline.{name}.{level}.{k}": v for name, s in summaries.items()
+            for level, m in s.items() if isinstance(m, dict) for k, v in m.items()}
+    tracker = Tracker(p.mlflow.experiment)
+    parent = tracker.parent(p.flat())
+    with tracker.child(parent, "baselines", "baselines") as run_id:
+        tracker.log_metrics(run_id, flat)
+    tracker.log_metrics(parent, flat)
+    for name, s in summaries.items():
+        print(f"{name:12s} trial accuracy {s['trial']['accuracy_mean']:.4f}  window {s['window']['accuracy_mean']:.4f}")

@@ -1,0 +1,36 @@
+"""evaluate: all folds' predictions -> metrics/metrics.json, metrics/per_subject.json, plots/*.csv;
+the summary goes to the execution's MLflow parent run too."""
+
+import pandas as pd
+
+from pipeline.evaluate import evaluate, trial_predictions
+from pipeline.seedv import EMOTIONS
+from pipeline.tracking import Tracker
+from stages.common import atomic_path, params, write_json
+
+if __name__ == "__main__":
+    p = params()
+    predictions = pd.concat([pd.read_parquet(f"data/predictions/{s}.parquet") for s in p.cv.subjects])
+    summary, per_subject = evaluate(predictions)
+    write_json("metrics/metrics.json", summary)
+    write_json("metrics/per_subject.json", per_subject)
+
+    trials = trial_predictions(predictions)
+    names = dict(enumerate(EMOTIONS))
+    with atomic_path("plots/confusion.csv") as tmp:
+        pd.DataFrame({"actual": trials["label"].map(names), "predicted": trials["predicted"].map(names)}
+                     ).to_csv(tmp, index=False)
+    with atomic_path("plots/per_subject.csv") as tmp:
+        pd.DataFrame([{"subject": s, "trial_accuracy": m["trial"]["accuracy"],
+                       "window_accuracy": m["window"]["accuracy"]} for s, m in per_subject.items()]
+                     ).to_csv(tmp, index=False)
+
+    flat = {f"{level}.{k}": v for level, m in summary.items() if isinstance(m, dict) for k, v in m.items()}
+    tracker = Tracker(p.mlflow.experiment)
+    parent = tracker.parent(p.flat())
+    with tracker.child(parent, "evaluate", "evaluate") as run_id:
+        tracker.log_metrics(run_id, flat)
+        tracker.log_artifacts(run_id, ["metrics/metrics.json", "metrics/per_subject.json"])
+    tracker.log_metrics(parent, flat)
+    print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
+          f"over {summary['n_folds']} held-out subjects")

@@ -1,0 +1,122 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.features import recording_to_frame, normalize
+from pipeline.model import (ClassificationHead, CrossModalAttention, CrossModalTransformer, DomainClassifier,
+                            FeatureImportance, GlobalPooling, PositionalEncoding, SelfAttentionEncoder, grl_alpha)
+from pipeline.params import Model, Params, ParamsError, from_dict
+from pipeline.synthetic import generate_subject
+from pipeline.train import Trials, train_fold
+
+SMALL = Model(d_model=16, heads=2, layers=1, d_ff=32, dropout=0.1)
+
+
+def batch(b=3, length=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.ones(b, length, dtype=torch.bool)
+    valid[min(1, b - 1), 7:] = False
+    return torch.randn(b, length, 310, generator=g), torch.randn(b, length, 33, generator=g), valid
+
+
+def test_component_shapes():
+    eeg, eye, valid = batch()
+    x = torch.randn(3, 10, 16)
+    assert PositionalEncoding(16)(x).shape == (3, 10, 16)
+    gated, weights = FeatureImportance(310, 16)(eeg, valid)
+    assert gated.shape == eeg.shape and weights.shape == (3, 310)
+    assert ((weights > 0) & (weights < 1)).all()
+    a, b, map_a, map_b = CrossModalAttention(16, 2, 0.0)(x, x.flip(0), valid)
+    assert a.shape == b.shape == (3, 10, 16) and map_a.shape == map_b.shape == (3, 10, 10)
+    torch.testing.assert_close(map_a.sum(-1), torch.ones(3, 10))
+    assert (map_a[1, :, 7:] == 0).all()   # no attention to padding
+    assert SelfAttentionEncoder(16, 2, 1, 32, 0.0)(x, valid).shape == (3, 10, 16)
+    assert GlobalPooling()(x, valid).shape == (3, 16)
+    torch.testing.assert_close(GlobalPooling(enabled=False)(x, valid)[1], x[1, 6])
+    assert DomainClassifier(32, 16, 7)(torch.randn(3, 32), 0.5).shape == (3, 7)
+    assert ClassificationHead(32, 16, 0.1)(torch.randn(3, 32)).shape == (3, 5)
+    out = CrossModalTransformer(SMALL, n_subjects=7)(eeg, eye, valid, details=True)
+    assert out.logits.shape == (3, 5) and out.domain_logits.shape == (3, 7) and out.embedding.shape == (3, 32)
+    assert set(out.details) == {"fim_eeg", "fim_eye", "attn_eeg_to_eye", "attn_eye_to_eeg"}
+
+
+@pytest.mark.parametrize("switch", [None, "positional_encoding", "feature_importance", "cross_attention",
+                                    "self_attention", "global_pooling", "domain_adaptation", "mlp_head"])
+def test_padding_does_not_change_output(switch):
+    params = dataclasses.replace(SMALL, **({switch: False} if switch else {}))
+    torch.manual_seed(0)
+    model = CrossModalTransformer(params, n_subjects=4).eval()
+    eeg, eye, _ = batch(1, 9)
+    short = model(eeg, eye, torch.ones(1, 9, dtype=torch.bool)).logits
+    for pad in (1, 20):
+        padded = [torch.cat([x, torch.randn(1, pad, x.shape[-1]) * 100], 1) for x in (eeg, eye)]
+        valid = torch.cat([torch.ones(1, 9), torch.zeros(1, pad)], 1).bool()
+        torch.testing.assert_close(model(*padded, valid).logits, short, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("modalities", [["eeg"], ["eye"]])
+def test_single_modality(modalities):
+    model = CrossModalTransformer(dataclasses.replace(SMALL, modalities=modalities), n_subjects=3)
+    assert model.cross is None
+    out = model(*batch())
+    assert out.logits.shape == (3, 5) and out.embedding.shape == (3, 16)
+    other = "eye" if modalities == ["eeg"] else "eeg"
+    assert not any(name.startswith(f"project.{other}") for name, _ in model.named_parameters())
+
+
+def test_gradient_reversal_flips_sign():
+    torch.manual_seed(0)
+    domain = DomainClassifier(8, 8, 3)
+    x = torch.randn(4, 8, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 0])
+    torch.nn.functional.cross_entropy(domain.classifier(x), target).backward()
+    plain = x.grad.clone()
+    x.grad = None
+    torch.nn.functional.cross_entropy(domain(x, 0.5), target).backward()
+    torch.testing.assert_close(x.grad, -0.5 * plain)
+    assert grl_alpha(0.0) == 0.0 and grl_alpha(1.0) == pytest.approx(0.99991, abs=1e-5)
+
+
+def test_params_validation():
+    with pytest.raises(ParamsError, match=r"model.d_model \(30\) must be a positive multiple of model.heads \(4\)"):
+        from_dict({"model": {"d_model": 30, "heads": 4}})
+    with pytest.raises(ParamsError, match="model.hedas: unknown key"):
+        from_dict({"model": {"hedas": 4}})
+    with pytest.raises(ParamsError, match="cv.protocol"):
+        from_dict({"cv": {"protocol": "window"}})
+    with pytest.raises(ParamsError, match="train.lr: 'fast' should be of type float"):
+        from_dict({"train": {"lr": "fast"}})
+    assert from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_trials():
+    frame = pd.concat([recording_to_frame(generate_subject(0, s)) for s in (1, 2, 3)], ignore_index=True)
+    return Trials.from_frame(normalize(frame, "subject"))
+
+
+def tiny_params(**cv):
+    return from_dict({"data": {"subjects": [1, 2, 3]}, "cv": {"subjects": [1], **cv},
+                      "model": {"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
+                      "train": {"epochs": 2, "batch_size": 16, "device": "cpu"}})
+
+
+@pytest.mark.parametrize("protocol", ["crop", "trial"])
+def test_training_is_deterministic(tiny_trials, protocol):
+    params = tiny_params(protocol=protocol)
+    a = train_fold(tiny_trials, 1, params)
+    b = train_fold(tiny_trials, 1, params)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions, check_exact=True)
+    pd.testing.assert_frame_equal(a.curves, b.curves, check_exact=True)
+    assert len(a.predictions) == 1823 and set(a.predictions.subject) == {1}
+    assert a.train_subjects == [2, 3] and len(a.curves) == 2
+    np.testing.assert_allclose(a.predictions[[f"p_{c}" for c in range(5)]].sum(axis=1), 1, atol=1e-5)
+
+
+def test_long_crops_tile_short_trials(tiny_trials):
+    """A crop longer than the shortest trial (13 windows) still gives every window a prediction."""
+    result = train_fold(tiny_trials, 1, tiny_params(crop_windows=20))
+    assert len(result.predictions) == 1823 and result.predictions.notna().all().all()
