@@ -1,0 +1,66 @@
+"""End to end: the real DVC pipeline in a temporary copy of the project, on three synthetic subjects."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.seedv import subject_file
+
+pytestmark = pytest.mark.e2e
+
+
+def make_tiny(project):
+    project.set_params("synthetic", subjects=3)
+    project.set_params("data", subjects=[1, 2, 3])
+    project.set_params("cv", subjects=[1, 2])
+    project.set_params("model", d_model=16, heads=2, layers=1, d_ff=32)
+    project.set_params("train", epochs=2, crops_per_trial=1)
+    project.commit("tiny")
+
+
+def test_repro_metrics_and_diff(project):
+    make_tiny(project)
+    project.run("dvc", "repro")
+    features = pd.read_parquet(project.path / "data/processed/features.parquet")
+    assert features.shape == (3 * 1823, 348)
+    metrics = json.loads((project.path / "metrics/metrics.json").read_text())
+    assert metrics["n_folds"] == 2 and 0 <= metrics["trial"]["accuracy_mean"] <= 1
+    baselines = json.loads((project.path / "metrics/baselines.json").read_text())
+    assert set(baselines) == {"length-only", "eeg-logreg", "eye-logreg", "both-logreg", "chance"}
+    assert all(b.keys() == metrics.keys() for b in baselines.values())
+    assert "up to date" in project.run("dvc", "status").stdout
+    shown = project.run("dvc", "metrics", "show", "--json").stdout
+    assert "accuracy_mean" in shown and "f1_macro_mean" in shown
+
+    # A changed param on a branch: dvc metrics diff main shows the change.
+    project.commit("results")
+    project.run("git", "checkout", "-qb", "longer")
+    project.set_params("train", epochs=3)
+    project.run("dvc", "repro")
+    project.commit("longer training")
+    diff = json.loads(project.run("dvc", "metrics", "diff", "main", "--json").stdout)
+    changed = diff["metrics/metrics.json"]
+    assert any(v["diff"] != 0 for v in changed.values()), changed
+    assert "metrics/baselines.json" not in diff   # baselines do not depend on training params
+
+    # Rerunning a fold from scratch gives bit-identical predictions and metrics.
+    before = (project.path / "metrics/folds/1.json").read_text()
+    predictions = pd.read_parquet(project.path / "data/predictions/1.parquet")
+    project.run("dvc", "repro", "--force", "--single-item", "train@1")
+    assert (project.path / "metrics/folds/1.json").read_text() == before
+    pd.testing.assert_frame_equal(pd.read_parquet(project.path / "data/predictions/1.parquet"), predictions,
+                                  check_exact=True)
+
+
+def test_bad_input_stops_ingest_with_one_line(project):
+    make_tiny(project)
+    project.run("dvc", "repro", "synthesize")
+    path = subject_file(project.path / "data/raw/synthetic", "eye", 2)
+    path.write_bytes(path.read_bytes()[:1000])
+    result = project.run("python", "-m", "stages.ingest", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Eye_movement_features/2_123.npz: subject 2: unreadable npz" in lines[0]
+    assert not (project.path / "data/interim/features.parquet").exists()
+    assert not list((project.path / "data").rglob("*.tmp*"))
