@@ -1,0 +1,331 @@
+"""Interpretability: extract attention and feature-importance from fold models, and draw the figures.
+
+Extraction runs each fold model over its held-out subject's sequences (sliding crops, or whole trials,
+as in :mod:`pipeline.train`) and keeps, per sequence, the FIM gate weights and the cross-modal attention
+maps. Positions are binned to ``bins`` relative positions so trials of different length can be averaged.
+Every figure is titled, has labelled axes, and names classes in label order (disgust .. happy).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from .model import CrossModalTransformer  # noqa: E402
+from .seedv import BANDS, CHANNELS, EMOTIONS  # noqa: E402
+from .train import Trials, sequences, sliding_starts  # noqa: E402
+
+DPI = 150
+
+
+def bin_attention(attention: np.ndarray, n: int, bins: int) -> np.ndarray:
+    """(L, L) attention over the first n valid windows -> (bins, bins) over relative positions.
+
+    Cell [a, b] is the mean over queries in bin a of the attention they give to keys in bin b, so each
+    row still sums to 1."""
+    index = np.minimum((np.arange(n) * bins) // n, bins - 1)
+    summed = np.zeros((n, bins))
+    np.add.at(summed.T, index, attention[:n, :n].T)          # sum over keys within each key bin
+    out = np.zeros((bins, bins))
+    np.add.at(out, index, summed)
+    counts = np.bincount(index, minlength=bins)[:, None]
+    return np.divide(out, counts, out=np.full_like(out, np.nan), where=counts > 0)
+
+
+def key_mass(attention: np.ndarray, n: int) -> np.ndarray:
+    """(L, L) attention -> (n,) attention received by each valid key, averaged over queries, times n
+    (so 1 means uniform attention)."""
+    return attention[:n, :n].mean(0) * n
+
+
+@dataclass
+class Extraction:
+    """Per held-out trial (T trials) of the folds: what the models did with them."""
+
+    labels: list[int] = field(default_factory=list)
+    subjects: list[int] = field(default_factory=list)
+    fim: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"eeg": [], "eye": []})  # (F,) each
+    attention: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"eeg_to_eye": [], "eye_to_eeg": []})
+    temporal: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"eeg_to_eye": [], "eye_to_eeg": []})
+
+
+@torch.no_grad()
+def run_sequences(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str, crop: int,
+                  batch_size: int = 512):
+    """Run the model over the sequences of trials ``index`` (as in testing), in batches; yield
+    (owners (N,) = trial number within ``index``, window positions (N, L), Output with details)."""
+    model.eval()
+    lengths = trials.lengths[index]
+    positions, owners = sequences(lengths, protocol, crop, [sliding_starts(n, crop) for n in lengths])
+    for start in range(0, len(owners), batch_size):
+        part = slice(start, start + batch_size)
+        pos = torch.from_numpy(positions[part])
+        own = torch.from_numpy(index[owners[part]]).unsqueeze(1)
+        out = model(torch.from_numpy(trials.eeg)[own, pos.clamp(min=0)],
+                    torch.from_numpy(trials.eye)[own, pos.clamp(min=0)], pos >= 0, details=True)
+        yield owners[part], positions[part], out
+
+
+def _accumulate(acc: dict, positions: np.ndarray, details: dict, length: int, bins: int) -> None:
+    """Add one sequence's FIM weights and attention to its trial's running sums."""
+    acc["n"] += 1
+    n_valid = int((positions >= 0).sum())
+    for modality in ("eeg", "eye"):
+        if f"fim_{modality}" in details:
+            acc["fim"][modality] = acc["fim"].get(modality, 0) + details[f"fim_{modality}"]
+    for direction in ("eeg_to_eye", "eye_to_eeg"):
+        if f"attn_{direction}" not in details:
+            continue
+        attention = details[f"attn_{direction}"]
+        acc["attention"][direction] = acc["attention"].get(direction, 0) + bin_attention(attention, n_valid, bins)
+        mass = acc["temporal"].setdefault(direction, np.zeros((2, length)))
+        np.add.at(mass[0], positions[:n_valid], key_mass(attention, n_valid))
+        np.add.at(mass[1], positions[:n_valid], 1)
+
+
+def extract(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str, crop: int,
+            bins: int, into: Extraction) -> Extraction:
+    """Add the held-out trials ``index`` of one fold model to ``into``."""
+    lengths = trials.lengths[index]
+    per_trial = [dict(n=0, fim={}, attention={}, temporal={}) for _ in index]
+    for owners, batch_positions, out in run_sequences(model, trials, index, protocol, crop):
+        for k, owner in enumerate(owners):
+            details = {name: value[k].numpy() for name, value in out.details.items()}
+            _accumulate(per_trial[owner], batch_positions[k], details, lengths[owner], bins)
+    for t, acc in enumerate(per_trial):
+        into.labels.append(int(trials.labels[index[t]]))
+        into.subjects.append(int(trials.subjects[index[t]]))
+        for modality, total in acc["fim"].items():
+            into.fim[modality].append(total / acc["n"])
+        for direction, total in acc["attention"].items():
+            into.attention[direction].append(total / acc["n"])
+        for direction, (mass, count) in acc["temporal"].items():
+            per_window = mass / np.maximum(count, 1)
+            # Resample to `bins` relative positions within the clip.
+            grid = (np.arange(bins) + 0.5) / bins
+            into.temporal[direction].append(np.interp(grid, (np.arange(len(per_window)) + 0.5) / len(per_window),
+                                                      per_window))
+    return into
+
+
+@torch.no_grad()
+def trial_embeddings(model: CrossModalTransformer, trials: Trials, protocol: str, crop: int) -> np.ndarray:
+    """(T, E) fused embedding per trial of ``trials``: the mean over its sequences."""
+    owners, embeddings = [], []
+    for batch_owners, _, out in run_sequences(model, trials, np.arange(len(trials.lengths)), protocol, crop):
+        owners.append(batch_owners)
+        embeddings.append(out.embedding.numpy())
+    owners, embeddings = np.concatenate(owners), np.concatenate(embeddings)
+    return np.stack([embeddings[owners == t].mean(0) for t in range(len(trials.lengths))])
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def disabled_figure(path: Path, title: str, reason: str) -> Path:
+    """A figure that says a component is switched off, in place of one that cannot be drawn."""
+    fig, ax = plt.subplots(figsize=(6, 2.2))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, f"component disabled:\n{reason}", ha="center", va="center", fontsize=12,
+            transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def by_emotion(values: list[np.ndarray], labels: list[int]) -> list[np.ndarray | None]:
+    labels = np.asarray(labels)
+    stacked = np.stack(values)
+    return [np.nanmean(stacked[labels == c], axis=0) if (labels == c).any() else None
+            for c in range(len(EMOTIONS))]
+
+
+def cross_attention_figure(ex: Extraction, path: Path) -> Path:
+    if not ex.attention["eeg_to_eye"]:
+        return disabled_figure(path, "Cross-modal attention", "model.cross_attention is off or one modality")
+    fig, axes = plt.subplots(2, 5, figsize=(16, 6.6), constrained_layout=True)
+    for row, (direction, name) in enumerate((("eeg_to_eye", "EEG queries → eye keys"),
+                                             ("eye_to_eeg", "eye queries → EEG keys"))):
+        maps = by_emotion(ex.attention[direction], ex.labels)
+        top = max(np.nanmax(m) for m in maps if m is not None)
+        for c, m in enumerate(maps):
+            ax = axes[row, c]
+            image = ax.imshow(m if m is not None else np.zeros((1, 1)), vmin=0, vmax=top, cmap="viridis")
+            ax.set_title(f"{EMOTIONS[c]}\n{name}", fontsize=9)
+            ax.set_xlabel("key position (relative bin)")
+            ax.set_ylabel("query position (relative bin)")
+        fig.colorbar(image, ax=axes[row], shrink=0.8, label="attention weight")
+    fig.suptitle("Cross-modal attention, averaged over held-out trials per emotion")
+    return _save(fig, path)
+
+
+def temporal_attention_figure(ex: Extraction, path: Path) -> Path:
+    if not ex.temporal["eeg_to_eye"]:
+        return disabled_figure(path, "Temporal attention", "model.cross_attention is off or one modality")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True, constrained_layout=True)
+    for ax, (direction, name) in zip(axes, (("eeg_to_eye", "eye windows attended by EEG"),
+                                            ("eye_to_eeg", "EEG windows attended by eye"))):
+        bins = len(ex.temporal[direction][0])
+        grid = (np.arange(bins) + 0.5) / bins
+        for c, curve in enumerate(by_emotion(ex.temporal[direction], ex.labels)):
+            if curve is not None:
+                ax.plot(grid, curve, label=EMOTIONS[c])
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_title(name)
+        ax.set_xlabel("relative position in the clip (0 = start, 1 = end)")
+        ax.set_ylabel("attention received (1 = uniform)")
+    axes[1].legend(title="emotion")
+    fig.suptitle("Temporal attention patterns per emotion (held-out trials)")
+    return _save(fig, path)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10):
+    """ECE with equal-width confidence bins; also returns per-bin (confidence, accuracy, count)."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    table = [(confidence[which == b].mean(), correct[which == b].mean(), int((which == b).sum()))
+             for b in range(bins) if (which == b).any()]
+    ece = sum(n / len(confidence) * abs(acc - conf) for conf, acc, n in table)
+    return float(ece), table
+
+
+def confidence_figure(trial_table, path: Path) -> Path:
+    """trial_table: evaluate.trial_predictions output (logp_* columns, label, predicted)."""
+    log_p = trial_table[[f"logp_{c}" for c in range(len(EMOTIONS))]].to_numpy()
+    probs = np.exp(log_p - log_p.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    confidence = probs.max(1)
+    correct = (trial_table["predicted"] == trial_table["label"]).to_numpy()
+    ece, table = expected_calibration_error(confidence, correct)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    edges = np.linspace(0.2, 1, 17)
+    left.hist(confidence[correct], bins=edges, alpha=0.7, label=f"correct ({correct.sum()})")
+    left.hist(confidence[~correct], bins=edges, alpha=0.7, label=f"wrong ({(~correct).sum()})")
+    left.set_xlabel("max class probability of the trial")
+    left.set_ylabel("trials")
+    left.set_title("Confidence of correct vs wrong trial predictions")
+    left.legend()
+    conf, acc, counts = map(np.array, zip(*table))
+    right.plot([0, 1], [0, 1], color="grey", ls="--", label="perfect calibration")
+    right.bar(conf, acc, width=0.07, alpha=0.7, label="accuracy per confidence bin")
+    for x, y, n in zip(conf, acc, counts):
+        right.annotate(str(n), (x, y), ha="center", va="bottom", fontsize=7)
+    right.set_xlim(0, 1)
+    right.set_ylim(0, 1.05)
+    right.set_xlabel("confidence (mean in bin)")
+    right.set_ylabel("accuracy")
+    right.set_title(f"Reliability diagram, ECE = {ece:.3f} (bar labels: trials)")
+    right.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def feature_importance_figure(ex: Extraction, path: Path) -> Path:
+    if not ex.fim["eeg"] and not ex.fim["eye"]:
+        return disabled_figure(path, "Feature importance (FIM)", "model.feature_importance is off")
+    fig = plt.figure(figsize=(16, 13), constrained_layout=True)
+    grid = fig.add_gridspec(2, 5, height_ratios=[4, 1])
+    if ex.fim["eeg"]:
+        maps = [m.reshape(len(CHANNELS), len(BANDS)) for m in by_emotion(ex.fim["eeg"], ex.labels)]
+        low, high = min(m.min() for m in maps), max(m.max() for m in maps)
+        for c, m in enumerate(maps):
+            ax = fig.add_subplot(grid[0, c])
+            image = ax.imshow(m, aspect="auto", cmap="magma", vmin=low, vmax=high)
+            ax.set_title(f"EEG: {EMOTIONS[c]}")
+            ax.set_xticks(range(len(BANDS)), BANDS, rotation=45)
+            ax.set_yticks(range(len(CHANNELS)), CHANNELS if c == 0 else [""] * len(CHANNELS), fontsize=6)
+            ax.set_xlabel("band")
+            if c == 0:
+                ax.set_ylabel("channel")
+        fig.colorbar(image, ax=fig.axes[-1], label="FIM weight")
+    ax = fig.add_subplot(grid[1, :])
+    if ex.fim["eye"]:
+        eye = np.stack(by_emotion(ex.fim["eye"], ex.labels))
+        image = ax.imshow(eye, aspect="auto", cmap="magma")
+        ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+        ax.set_xticks(range(eye.shape[1]), [f"{i:02d}" for i in range(eye.shape[1])], fontsize=7)
+        ax.set_xlabel("eye feature (eye_NN, file order)")
+        ax.set_ylabel("emotion")
+        ax.set_title("Eye-feature FIM weights per emotion")
+        fig.colorbar(image, ax=ax, label="FIM weight")
+    else:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "eye modality not in model.modalities", ha="center", va="center")
+    fig.suptitle("Feature Importance Module weights, averaged over held-out trials per emotion")
+    return _save(fig, path)
+
+
+def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str, dict[int, float]],
+                               path: Path) -> Path:
+    subjects = sorted(model_acc)
+    series = {"model": model_acc, **baselines}
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(8, len(subjects) * 0.8), 4.5), constrained_layout=True)
+    for k, (name, accuracy) in enumerate(series.items()):
+        values = np.array([accuracy[s] for s in subjects])
+        bars = ax.bar(np.arange(len(subjects)) + (k - (len(series) - 1) / 2) * width, values, width,
+                      label=f"{name}: {values.mean():.1%} ± {values.std():.1%}")
+        ax.axhline(values.mean(), color=bars.patches[0].get_facecolor(), lw=1, ls="--")
+    ax.axhline(0.2, color="black", lw=0.8, ls=":", label="chance (20 %)")
+    ax.set_xticks(range(len(subjects)), [str(s) for s in subjects])
+    ax.set_xlabel("held-out subject")
+    ax.set_ylabel("trial accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Per-subject trial accuracy (dashed: mean; legend: mean ± population std)")
+    ax.legend(fontsize=8, ncol=len(series) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    return _save(fig, path)
+
+
+def confusion_figure(matrix: np.ndarray, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 5.5), constrained_layout=True)
+    ConfusionMatrixDisplay(matrix, display_labels=list(EMOTIONS)).plot(ax=ax, values_format=".2f", cmap="Blues",
+                                                                       colorbar=True)
+    ax.set_xlabel("predicted emotion")
+    ax.set_ylabel("true emotion")
+    ax.set_title("Normalized confusion matrix (trials; rows sum to 1)")
+    return _save(fig, path)
+
+
+def tsne_figure(embeddings: np.ndarray, labels: np.ndarray, subjects: np.ndarray, held_out: int, seed: int,
+                path: Path, max_points: int = 800) -> Path:
+    """t-SNE of trial embeddings of one fold model, coloured by emotion and by subject."""
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(embeddings), min(max_points, len(embeddings)), replace=False))
+    points = TSNE(n_components=2, perplexity=min(30.0, (len(keep) - 1) / 3), init="pca", random_state=seed
+                  ).fit_transform(embeddings[keep])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
+    for c, name in enumerate(EMOTIONS):
+        chosen = labels[keep] == c
+        left.scatter(*points[chosen].T, s=10, label=name)
+    left.legend(title="emotion", markerscale=2)
+    left.set_title("coloured by emotion")
+    cmap = plt.get_cmap("tab20")
+    for k, s in enumerate(np.unique(subjects[keep])):
+        chosen = subjects[keep] == s
+        right.scatter(*points[chosen].T, s=30 if s == held_out else 8, color=cmap(k % 20),
+                      marker="*" if s == held_out else "o", label=f"{s}{' (held out)' if s == held_out else ''}")
+    right.legend(title="subject", fontsize=7, ncol=2, markerscale=1.5)
+    right.set_title("coloured by subject (well mixed = little subject identity left)")
+    for ax in (left, right):
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+    fig.suptitle(f"t-SNE of fused trial embeddings — model of fold {held_out}, "
+                 f"{len(keep)} of {len(embeddings)} trials of {len(np.unique(subjects))} subjects")
+    return _save(fig, path)

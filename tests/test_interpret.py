@@ -1,0 +1,93 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import interpret
+from pipeline.evaluate import confusion
+from pipeline.model import CrossModalTransformer
+from pipeline.params import Model
+from pipeline.train import Trials
+
+SMALL = Model(d_model=16, heads=2, layers=1, d_ff=32)
+
+
+@pytest.fixture(scope="module")
+def trials(tiny_frame):
+    return Trials.from_frame(tiny_frame)
+
+
+def model(**switches):
+    torch.manual_seed(0)
+    return CrossModalTransformer(dataclasses.replace(SMALL, **switches), n_subjects=2).eval()
+
+
+def test_bin_attention_rows_sum_to_one():
+    rng = np.random.default_rng(0)
+    attention = rng.random((10, 10))
+    attention /= attention.sum(1, keepdims=True)
+    for n, bins in ((10, 10), (10, 4), (7, 5)):
+        a = attention[:n, :n] / attention[:n, :n].sum(1, keepdims=True)
+        padded = np.zeros((12, 12))
+        padded[:n, :n] = a
+        binned = interpret.bin_attention(padded, n, bins)
+        assert binned.shape == (bins, bins)
+        np.testing.assert_allclose(binned.sum(1), 1.0)
+    assert interpret.key_mass(np.full((4, 4), 0.25), 4) == pytest.approx(np.ones(4))
+
+
+@pytest.mark.parametrize("protocol", ["crop", "trial"])
+def test_extraction_shapes(trials, protocol):
+    index = np.flatnonzero(trials.subjects == 1)
+    ex = interpret.extract(model(), trials, index, protocol, 12, 12, interpret.Extraction())
+    assert len(ex.labels) == 45 and ex.subjects == [1] * 45
+    assert ex.fim["eeg"][0].shape == (310,) and ex.fim["eye"][0].shape == (33,)
+    assert all(((w > 0) & (w < 1)).all() for w in ex.fim["eeg"])
+    for direction in ("eeg_to_eye", "eye_to_eeg"):
+        maps = np.stack(ex.attention[direction])
+        assert maps.shape == (45, 12, 12)
+        np.testing.assert_allclose(np.nansum(maps, axis=2)[~np.isnan(maps).all(2)], 1.0, rtol=1e-5)
+        assert np.stack(ex.temporal[direction]).shape == (45, 12)
+
+
+def test_every_figure_writes_a_png(trials, tmp_path):
+    index = np.flatnonzero(trials.subjects == 1)
+    ex = interpret.extract(model(), trials, index, "crop", 12, 12, interpret.Extraction())
+    rng = np.random.default_rng(0)
+    log_p = np.log(rng.dirichlet(np.ones(5), 45))
+    table = pd.DataFrame({**{f"logp_{c}": log_p[:, c] for c in range(5)}, "label": trials.labels[index],
+                          "predicted": log_p.argmax(1)})
+    predictions = pd.DataFrame({"subject": 1, "session": 1, "trial": np.arange(45), "window": 0,
+                                "label": trials.labels[index], **{f"p_{c}": np.exp(log_p[:, c]) for c in range(5)}})
+    embeddings = interpret.trial_embeddings(model(), trials, "crop", 12)
+    assert embeddings.shape == (len(trials.lengths), 32)
+    paths = [
+        interpret.cross_attention_figure(ex, tmp_path / "a.png"),
+        interpret.temporal_attention_figure(ex, tmp_path / "b.png"),
+        interpret.confidence_figure(table, tmp_path / "c.png"),
+        interpret.feature_importance_figure(ex, tmp_path / "d.png"),
+        interpret.subject_variability_figure({1: 0.5, 2: 0.7}, {"length-only": {1: 0.2, 2: 0.2}}, tmp_path / "e.png"),
+        interpret.confusion_figure(confusion(predictions, normalize="true"), tmp_path / "f.png"),
+        interpret.tsne_figure(embeddings, trials.labels, trials.subjects, 1, 0, tmp_path / "g.png", max_points=60),
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_disabled_components_get_a_note(trials, tmp_path):
+    index = np.flatnonzero(trials.subjects == 1)
+    ex = interpret.extract(model(cross_attention=False, feature_importance=False), trials, index, "crop", 12, 12,
+                           interpret.Extraction())
+    assert not ex.attention["eeg_to_eye"] and not ex.fim["eeg"]
+    for draw in (interpret.cross_attention_figure, interpret.temporal_attention_figure,
+                 interpret.feature_importance_figure):
+        assert draw(ex, tmp_path / f"{draw.__name__}.png").stat().st_size > 1000
+
+
+def test_expected_calibration_error():
+    confidence = np.array([0.9, 0.9, 0.3, 0.3])
+    correct = np.array([1, 1, 0, 1], dtype=bool)
+    ece, _ = interpret.expected_calibration_error(confidence, correct)
+    assert ece == pytest.approx(0.5 * 0.1 + 0.5 * 0.2)
