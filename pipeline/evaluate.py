@@ -70,3 +70,9 @@ def confusion(predictions: pd.DataFrame, normalize: str | None = None) -> np.nda
     """Trial-level 5x5 confusion matrix, rows = true class in label order."""
     trials = trial_predictions(predictions)
     return confusion_matrix(trials["label"], trials["predicted"], labels=CLASSES, normalize=normalize)
+
+
+def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
+    """``{"trial": {"accuracy_mean": x}}`` -> ``{prefix + "trial.accuracy_mean": x}`` (as logged to MLflow)."""
+    return {f"{prefix}{level}.{key}": value for level, values in summary.items() if isinstance(values, dict)
+            for key, value in values.items()}

@@ -74,6 +74,7 @@ class Train:
 @dataclass
 class Mlflow:
     experiment: str = "seedv-cross-modal"
+    register_best: bool = False   # evaluate registers the best fold's model under the experiment name
 
 
 @dataclass

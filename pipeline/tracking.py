@@ -26,6 +26,7 @@ from pathlib import Path
 
 EXECUTION_TAG = "pipeline.execution"
 ROLE_TAG = "pipeline.role"  # parent | fold | baselines | evaluate | plots
+CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "requirements.txt")
 
 
 def repo_root() -> Path:
@@ -74,9 +75,50 @@ def git_state(root: Path) -> dict[str, str]:
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
-    commit = git("rev-parse", "HEAD")
-    return {"git.commit": commit or "none",
-            "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
+    # Dirty means uncommitted *code*; params.yaml is logged as an artifact, outputs change during a run.
+    code = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    return {"git.commit": git("rev-parse", "HEAD") or "none", "git.dirty": str(bool(code)).lower()}
+
+
+def data_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
+    """Content hashes (md5, from dvc.lock) of the raw data read by ingest and of the processed table."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(lock_path.read_text())["stages"]
+    except (OSError, KeyError, TypeError):
+        return {}
+    out = {}
+    for dep in stages.get("ingest", {}).get("deps", []):
+        if not dep["path"].endswith(".py"):
+            out["data.raw_md5"] = dep.get("md5", "")
+    for item in stages.get("normalize", {}).get("outs", []):
+        out["data.processed_md5"] = item.get("md5", "")
+    return out
+
+
+def _alive(tags: dict[str, str]) -> bool:
+    """Whether the process that opened a run (tags written by :meth:`Tracker.stage_run`) still runs."""
+    if tags.get("pipeline.host") != platform.node():
+        return True   # another machine's run: cannot tell, leave it alone
+    try:
+        if tags.get("pipeline.boot") != Path("/proc/sys/kernel/random/boot_id").read_text().strip():
+            return False
+    except OSError:
+        pass
+    try:
+        os.kill(int(tags.get("pipeline.pid", "0")), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _process_tags() -> dict[str, str]:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return {"pipeline.host": platform.node(), "pipeline.pid": str(os.getpid()), "pipeline.boot": boot}
 
 
 def environment_tags() -> dict[str, str]:
@@ -117,13 +159,15 @@ class Tracker:
         runs = retry(self.client.search_runs, [self.experiment_id], query, max_results=1)
         if runs:
             return runs[0].info.run_id
-        root = repo_root()
         exp_name = os.environ.get("DVC_EXP_NAME", "")
-        run_tags = {EXECUTION_TAG: self.execution, ROLE_TAG: "parent", **git_state(root),
-                    **environment_tags(), **({"dvc.experiment": exp_name} if exp_name else {}), **(tags or {})}
+        run_tags = {EXECUTION_TAG: self.execution, ROLE_TAG: "parent", **git_state(Path.cwd()),
+                    **data_hashes(), **environment_tags(), **({"dvc.experiment": exp_name} if exp_name else {}),
+                    **(tags or {})}
         name = f"pipeline {exp_name}".strip() if exp_name else "pipeline"
         run = retry(self.client.create_run, self.experiment_id, run_name=name, tags=run_tags)
         self.log_params(run.info.run_id, params_flat)
+        if Path("params.yaml").is_file():   # the exact file, for pipeline.rebuild
+            retry(self.client.log_artifact, run.info.run_id, "params.yaml")
         return run.info.run_id
 
     def log_params(self, run_id: str, params_flat: dict) -> None:
@@ -140,33 +184,38 @@ class Tracker:
         batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         retry(self.client.log_batch, run_id, metrics=batch)
 
-    def close_stale(self, parent_id: str, role: str, name: str) -> None:
-        """Mark as KILLED any earlier child of this parent with the same name still RUNNING (a killed
-        process leaves its run RUNNING)."""
-        query = (f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{role}' "
-                 f"and attributes.run_name = '{name}' and attributes.status = 'RUNNING'")
+    def close_stale(self) -> None:
+        """Mark as KILLED every RUNNING stage run whose process is gone (a SIGKILLed process leaves its
+        run RUNNING), and FAILED the parents left RUNNING by it."""
+        query = f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` != 'parent'"
         for run in retry(self.client.search_runs, [self.experiment_id], query):
-            retry(self.client.set_terminated, run.info.run_id, "KILLED")
+            if not _alive(run.data.tags):
+                retry(self.client.set_terminated, run.info.run_id, "KILLED")
+                parent = run.data.tags.get("mlflow.parentRunId")
+                if parent:
+                    retry(self.client.set_terminated, parent, "FAILED")
 
     @contextmanager
-    def child(self, parent_id: str, role: str, name: str, params_flat: dict | None = None):
-        """A nested run for one stage; ends FAILED (or KILLED on Ctrl-C/SIGTERM) if the stage fails."""
-        self.close_stale(parent_id, role, name)
+    def stage_run(self, parent_id: str, role: str, name: str, params_flat: dict | None = None):
+        """A child run for one stage. It ends FINISHED, FAILED on an error, or KILLED on Ctrl-C/SIGTERM;
+        the parent's status follows the last stage that ran (FINISHED, or FAILED if that stage failed)."""
+        self.close_stale()
+        retry(self.client.update_run, parent_id, status="RUNNING")
         run = retry(self.client.create_run, self.experiment_id, run_name=name,
-                    tags={"mlflow.parentRunId": parent_id, EXECUTION_TAG: self.execution, ROLE_TAG: role})
+                    tags={"mlflow.parentRunId": parent_id, EXECUTION_TAG: self.execution, ROLE_TAG: role,
+                          **_process_tags()})
         run_id = run.info.run_id
         if params_flat:
             self.log_params(run_id, params_flat)
         try:
             yield run_id
-        except KeyboardInterrupt:
-            retry(self.client.set_terminated, run_id, "KILLED")
-            raise
         except BaseException as exc:
-            status = "KILLED" if isinstance(exc, SystemExit) and exc.code == 143 else "FAILED"
-            retry(self.client.set_terminated, run_id, status)
+            interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 143)
+            retry(self.client.set_terminated, run_id, "KILLED" if interrupted else "FAILED")
+            retry(self.client.set_terminated, parent_id, "FAILED")
             raise
         retry(self.client.set_terminated, run_id, "FINISHED")
+        retry(self.client.set_terminated, parent_id, "FINISHED")
 
     def log_model(self, run_id: str, model, example) -> None:
         """Log a torch module with its signature (inferred from a numpy example batch)."""
@@ -179,6 +228,19 @@ class Tracker:
         with self.mlflow.start_run(run_id=run_id, nested=True):
             retry(self.mlflow.pytorch.log_model, model, name="model", signature=signature,
                   input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            retry(self.client.set_tag, run_id, key, value)
+
+    def register_best_fold(self, parent_id: str, name: str):
+        """Register the model of this execution's fold with the best held-out trial accuracy."""
+        query = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = 'fold'"
+        runs = retry(self.client.search_runs, [self.experiment_id], query,
+                     order_by=["metrics.`trial.accuracy` DESC"], max_results=1)
+        if not runs:
+            return None
+        return retry(self.mlflow.register_model, f"runs:/{runs[0].info.run_id}/model", name)
 
     def log_artifacts(self, run_id: str, paths) -> None:
         for path in paths:

@@ -4,7 +4,7 @@
 from tqdm import tqdm
 
 from pipeline.baselines import BASELINES, run_baseline
-from pipeline.evaluate import subject_metrics, summarize
+from pipeline.evaluate import flat_metrics, subject_metrics, summarize
 from pipeline.features import read_table
 from pipeline.tracking import Tracker
 from stages.common import params, write_json
@@ -21,11 +21,10 @@ if __name__ == "__main__":
     write_json("metrics/baselines.json", summaries)
     write_json("metrics/baselines_per_subject.json", per_subject)
 
-    flat = {f"baseline.{name}.{level}.{k}": v for name, s in summaries.items()
-            for level, m in s.items() if isinstance(m, dict) for k, v in m.items()}
+    flat = {k: v for name, s in summaries.items() for k, v in flat_metrics(s, f"baseline.{name}.").items()}
     tracker = Tracker(p.mlflow.experiment)
     parent = tracker.parent(p.flat())
-    with tracker.child(parent, "baselines", "baselines") as run_id:
+    with tracker.stage_run(parent, "baselines", "baselines") as run_id:
         tracker.log_metrics(run_id, flat)
     tracker.log_metrics(parent, flat)
     for name, s in summaries.items():

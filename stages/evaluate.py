@@ -3,7 +3,7 @@ the summary goes to the execution's MLflow parent run too."""
 
 import pandas as pd
 
-from pipeline.evaluate import evaluate, trial_predictions
+from pipeline.evaluate import evaluate, flat_metrics, trial_predictions
 from pipeline.seedv import EMOTIONS
 from pipeline.tracking import Tracker
 from stages.common import atomic_path, params, write_json
@@ -25,12 +25,15 @@ if __name__ == "__main__":
                        "window_accuracy": m["window"]["accuracy"]} for s, m in per_subject.items()]
                      ).to_csv(tmp, index=False)
 
-    flat = {f"{level}.{k}": v for level, m in summary.items() if isinstance(m, dict) for k, v in m.items()}
+    flat = flat_metrics(summary)
     tracker = Tracker(p.mlflow.experiment)
     parent = tracker.parent(p.flat())
-    with tracker.child(parent, "evaluate", "evaluate") as run_id:
+    with tracker.stage_run(parent, "evaluate", "evaluate") as run_id:
         tracker.log_metrics(run_id, flat)
         tracker.log_artifacts(run_id, ["metrics/metrics.json", "metrics/per_subject.json"])
     tracker.log_metrics(parent, flat)
+    if p.mlflow.register_best:
+        version = tracker.register_best_fold(parent, p.mlflow.experiment)
+        print(f"registered {version.name} version {version.version}" if version else "no fold run to register")
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"over {summary['n_folds']} held-out subjects")

@@ -7,7 +7,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import interpret
-from pipeline.evaluate import confusion, trial_predictions
+from pipeline.evaluate import confusion, flat_metrics, trial_predictions
 from pipeline.features import read_table
 from pipeline.tracking import Tracker
 from pipeline.train import Trials, load_model
@@ -47,7 +47,12 @@ if __name__ == "__main__":
 
     tracker = Tracker(p.mlflow.experiment)
     parent = tracker.parent(p.flat())
-    with tracker.child(parent, "plots", "plots") as run_id:
+    with tracker.stage_run(parent, "plots", "plots") as run_id:
         tracker.log_artifacts(run_id, figures)
     tracker.log_artifacts(parent, figures)
+    # The last stage: the parent carries the final metrics even where evaluate or baselines were cached.
+    final = flat_metrics(json.load(open("metrics/metrics.json")))
+    for name, summary in json.load(open("metrics/baselines.json")).items():
+        final.update(flat_metrics(summary, f"baseline.{name}."))
+    tracker.log_metrics(parent, final)
     print(f"wrote {len(figures)} figures to {OUT}/")

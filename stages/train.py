@@ -13,7 +13,7 @@ from pipeline.evaluate import subject_metrics
 from pipeline.features import read_table
 from pipeline.model import PackedInput
 from pipeline.tracking import Tracker
-from pipeline.train import Trials, checkpoint, train_fold
+from pipeline.train import Trials, checkpoint, resolve_device, train_fold
 from stages.common import atomic_path, params, write_json
 
 if __name__ == "__main__":
@@ -23,7 +23,8 @@ if __name__ == "__main__":
     trials = Trials.from_frame(read_table("data/processed/features.parquet"))
     tracker = Tracker(p.mlflow.experiment)
     parent = tracker.parent(p.flat())
-    with tracker.child(parent, "fold", f"fold {held_out}", {**p.flat(), "fold": held_out}) as run_id:
+    tracker.set_tags(parent, {"device": str(resolve_device(p.train.device))})
+    with tracker.stage_run(parent, "fold", f"fold {held_out}", {**p.flat(), "fold": held_out}) as run_id:
         result = train_fold(trials, held_out, p,
                             on_epoch=lambda row: tracker.log_metrics(run_id, row, step=int(row["epoch"])))
         metrics = subject_metrics(result.predictions)
