@@ -30,7 +30,8 @@ def _project_files() -> list[str]:
 def project(tmp_path):
     """A committed copy of the project's files (no data, no caches) in its own git repository.
 
-    ``project.run(*args)`` runs a command there with the test's Python environment on PATH;
+    ``project.run(*args)`` runs a command there with the test's Python environment on PATH (and
+    ``project.env``, MLflow pointing at a SQLite file in the test's folder);
     ``project.set_params(section, **values)`` edits params.yaml.
     """
     dest = tmp_path / "project"
@@ -46,8 +47,11 @@ def project(tmp_path):
     class Project:
         path = dest
 
+        def __init__(self):
+            self.env = env
+
         def run(self, *args, check=True):
-            result = subprocess.run(args, cwd=dest, env=env, capture_output=True, text=True)
+            result = subprocess.run(args, cwd=dest, env=self.env, capture_output=True, text=True)
             if check and result.returncode != 0:
                 raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
             return result

@@ -1,0 +1,123 @@
+"""Queued experiments in parallel on SQLite, and a team tracking server on a real PostgreSQL."""
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.test_e2e import make_tiny
+
+pytestmark = pytest.mark.e2e
+
+
+def run_queue(project, jobs: int, timeout: float = 900):
+    """Start the experiment queue with ``jobs`` workers and wait until it is empty."""
+    project.run("dvc", "queue", "start", "-j", str(jobs))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = project.run("dvc", "queue", "status").stdout
+        if not any(word in status for word in ("Running", "Queued")):
+            assert "Failed" not in status, status
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue did not finish: {status}")
+
+
+def assert_complete(uri, n_parents):
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("seedv-cross-modal")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("pipeline.role") == "parent"]
+    assert len(parents) == n_parents
+    for parent in parents:
+        children = {r.info.run_name: r.info.status for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        assert {"fold 1", "fold 2", "evaluate", "plots"} <= set(children), children
+        assert set(children.values()) == {"FINISHED"} and parent.info.status == "FINISHED"
+        assert "trial.accuracy_mean" in parent.data.metrics
+    return parents
+
+
+def test_two_queued_experiments_in_parallel(project, tmp_path):
+    make_tiny(project)
+    project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=1")
+    project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=3")
+    run_queue(project, jobs=2)
+    parents = assert_complete(f"sqlite:///{tmp_path / 'mlflow.db'}", 2)
+    assert sorted(p.data.params["train.epochs"] for p in parents) == ["1", "3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster on localhost; yields its SQLAlchemy URI."""
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    if not initdb[-1]:
+        pytest.skip("PostgreSQL server binaries not installed (.ci/run installs them)")
+    bindir = Path(initdb[-1]).parent
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    subprocess.run([*as_postgres, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-l", data / "log", "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def tracking_server(postgres, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "mlflow", "server", "--backend-store-uri", postgres,
+         "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not start: {server.stderr.read()[-2000:]}")
+                time.sleep(1)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_queued_experiment_on_postgres_tracking_server(project, tracking_server, tmp_path):
+    make_tiny(project)
+    project.env = {**project.env, "MLFLOW_TRACKING_URI": tracking_server}
+    project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=1")
+    run_queue(project, jobs=1)
+    (parent,) = assert_complete(tracking_server, 1)
+    client = mlflow.MlflowClient(tracking_server)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "params.yaml" in artifacts and "tsne.png" in artifacts
+    assert list((tmp_path / "mlartifacts").rglob("tsne.png"))   # stored in the shared artifact root
