@@ -15,6 +15,7 @@ Nothing here is written into DVC-tracked outputs (run ids would break DVC's cach
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
@@ -47,6 +48,21 @@ def retry(call, *args, attempts: int = 8, **kwargs):
             if not transient or attempt == attempts - 1:
                 raise
             time.sleep(min(0.2 * 2**attempt, 5.0) * (1 + random.random()))
+
+
+@contextmanager
+def _store_lock(uri: str):
+    """Serialize first contact with a SQLite store across processes: MLflow creates its tables on first
+    use, and two processes doing so at the same instant corrupt the migration."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(f"{uri[len('sqlite:///'):]}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _dvc_process() -> str | None:
@@ -139,9 +155,11 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        self.client = mlflow.MlflowClient(tracking_uri())
-        mlflow.set_tracking_uri(tracking_uri())
-        self.experiment_id = self._experiment(experiment)
+        uri = tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        with _store_lock(uri):
+            self.client = mlflow.MlflowClient(uri)
+            self.experiment_id = self._experiment(experiment)
         self.execution = execution_id()
 
     def _experiment(self, name: str) -> str:
@@ -150,7 +168,7 @@ class Tracker:
             return found.experiment_id
         try:
             return retry(self.client.create_experiment, name)
-        except Exception:  # another process created it first
+        except Exception:  # another process (on a shared server) created it first
             return retry(self.client.get_experiment_by_name, name).experiment_id
 
     def parent(self, params_flat: dict, tags: dict[str, str] | None = None) -> str:

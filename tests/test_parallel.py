@@ -26,7 +26,9 @@ def run_queue(project, jobs: int, timeout: float = 900):
     while time.monotonic() < deadline:
         status = project.run("dvc", "queue", "status").stdout
         if not any(word in status for word in ("Running", "Queued")):
-            assert "Failed" not in status, status
+            failed = [line.split()[1] for line in status.splitlines() if line.endswith("Failed")]
+            logs = "".join(project.run("dvc", "queue", "logs", name, check=False).stdout[-3000:] for name in failed)
+            assert not failed, status + logs
             return status
         time.sleep(3)
     raise AssertionError(f"queue did not finish: {status}")
