@@ -205,6 +205,8 @@ def _as_float_matrix(path, subject, trial, array, width: int) -> np.ndarray:
 
 def _trial_label(path, subject, trial, labels, n_windows: int) -> int:
     labels = np.asarray(labels)
+    if labels.ndim == 0:                                   # one label per trial: same for every window
+        labels = np.full(n_windows, labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.dtype.kind not in "fiu" or labels.ndim != 1 or labels.shape[0] != n_windows:

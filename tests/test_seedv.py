@@ -191,3 +191,11 @@ def test_nan_impute_policy(dataset):
     assert x[2, 7] == pytest.approx((clean[1, 7] + clean[3, 7]) / 2, rel=1e-5)
     assert x[0, 9] == pytest.approx(clean[1, 9], rel=1e-5)
     assert np.all(x[:, 11] == 0)
+
+
+def test_per_trial_scalar_and_column_labels_are_accepted(dataset):
+    eeg = subject_file(dataset, "eeg", 1)
+    data, label = dicts(eeg)
+    label = {t: (np.float64(v[0]) if t % 2 else v[:, None]) for t, v in label.items()}
+    rewrite(eeg, label=label)
+    assert read_subject(dataset, 1).labels == list(seedv.TRIAL_LABELS)
