@@ -114,3 +114,28 @@ def test_retry_backs_off_on_locked_store():
     assert tracking.retry(flaky) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
         tracking.retry(lambda: (_ for _ in ()).throw(ValueError("not transient")))
+
+
+def test_register_best_fold(tmp_path, monkeypatch):
+    import numpy as np
+
+    from pipeline.model import CrossModalTransformer, PackedInput
+    from pipeline.params import Model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("PIPELINE_EXECUTION", "register-test")
+    tracker = tracking.Tracker("t")
+    parent = tracker.parent({"a": 1})
+    model = PackedInput(CrossModalTransformer(Model(d_model=8, heads=2, layers=1, d_ff=8), n_subjects=2).eval())
+    example = np.zeros((2, 4, 344), dtype=np.float32)
+    example[..., 343] = 1
+    fold_runs = {}
+    for name, accuracy in (("fold 1", 0.5), ("fold 2", 0.8), ("fold 3", 0.6)):
+        with tracker.stage_run(parent, "fold", name) as run_id:
+            tracker.log_metrics(run_id, {"trial.accuracy": accuracy})
+            tracker.log_model(run_id, model, example)
+            fold_runs[name] = run_id
+    version = tracker.register_best_fold(parent, "t-model")
+    assert version.name == "t-model" and version.run_id == fold_runs["fold 2"]
+    loaded = mlflow.pyfunc.load_model(f"models:/t-model/{version.version}")
+    assert loaded.predict(example).shape == (2, 5)
