@@ -1,7 +1,6 @@
 """train@<subject>: one LOSO fold -> data/models/<s>/model.pt, data/predictions/<s>.parquet,
 metrics/folds/<s>.json, metrics/curves/<s>.csv; logged as a child run of the execution's MLflow parent."""
 
-import json
 import signal
 import sys
 from pathlib import Path
