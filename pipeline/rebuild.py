@@ -32,8 +32,9 @@ def _run(args, cwd, env=None):
     return result.stdout
 
 
-def rebuilt_metrics(workdir: Path) -> dict[str, float]:
-    """The metrics of a finished pipeline in ``workdir``, flattened as the stages log them."""
+def pipeline_metrics(workdir: Path) -> dict[str, float]:
+    """The final metrics of a finished pipeline in ``workdir`` (metrics.json and baselines.json),
+    flattened as they are logged to the MLflow parent run."""
     metrics = flat_metrics(json.loads((workdir / "metrics/metrics.json").read_text()))
     baselines = json.loads((workdir / "metrics/baselines.json").read_text())
     for name, summary in baselines.items():
@@ -69,7 +70,7 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
         _run(["dvc", "config", "--local", "cache.dir", str(root / ".dvc" / "cache")], cwd=source, env=env)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=source, env=env, capture_output=True)
         _run(["dvc", "repro", "--force"], cwd=source, env=env)
-        rebuilt = rebuilt_metrics(source)
+        rebuilt = pipeline_metrics(source)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=root, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,14 +1,16 @@
 """plots: interpretability figures from the fold models -> plots/*.png, attached to the MLflow parent."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline import interpret
-from pipeline.evaluate import confusion, flat_metrics, trial_predictions
+from pipeline.evaluate import confusion, trial_predictions
 from pipeline.features import read_table
+from pipeline.rebuild import pipeline_metrics
 from pipeline.tracking import Tracker
 from pipeline.train import Trials, load_model
 from stages.common import params
@@ -51,8 +53,5 @@ if __name__ == "__main__":
         tracker.log_artifacts(run_id, figures)
     tracker.log_artifacts(parent, figures)
     # The last stage: the parent carries the final metrics even where evaluate or baselines were cached.
-    final = flat_metrics(json.load(open("metrics/metrics.json")))
-    for name, summary in json.load(open("metrics/baselines.json")).items():
-        final.update(flat_metrics(summary, f"baseline.{name}."))
-    tracker.log_metrics(parent, final)
+    tracker.log_metrics(parent, pipeline_metrics(Path(".")))
     print(f"wrote {len(figures)} figures to {OUT}/")
