@@ -19,15 +19,14 @@ from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 
 from .evaluate import CLASSES, PROBABILITY_COLUMNS
-from .features import EEG_COLUMNS, EYE_COLUMNS
+from .features import EEG_COLUMNS, EYE_COLUMNS, ID_COLUMNS
 
-ID = ["subject", "session", "trial", "window", "label"]
 BASELINES = ("length-only", "eeg-logreg", "eye-logreg", "both-logreg", "chance")
 LOGREG_COLUMNS = {"eeg-logreg": EEG_COLUMNS, "eye-logreg": EYE_COLUMNS, "both-logreg": EEG_COLUMNS + EYE_COLUMNS}
 
 
 def _with_probabilities(rows: pd.DataFrame, probabilities: np.ndarray) -> pd.DataFrame:
-    out = rows[ID].reset_index(drop=True).copy()
+    out = rows[list(ID_COLUMNS)].reset_index(drop=True).copy()
     for c in CLASSES:
         out[PROBABILITY_COLUMNS[c]] = probabilities[:, c].astype(np.float32)
     return out
