@@ -10,22 +10,23 @@ Each value is a *pickled dict* (stored as a bytes scalar) mapping trial 0..44 to
 Trial t belongs to session t // 15 + 1.
 
 Pickles can execute code on load, so they are read with :class:`RestrictedUnpickler`, which admits only
-the globals a dict of numpy arrays needs (numpy 1.x and 2.x module paths) and refuses everything else
-before anything runs. Every problem a user's files can have is raised as :class:`SeedVFormatError` with
-one line: ``<file>: subject <s>, trial <t>: <what is wrong> — <what to do>``.
+the globals a dict of numpy arrays needs (numpy 1.x and 2.x module paths), maps each to a constructor of
+ours that checks its arguments, builds only numeric arrays (never object dtype: its elements would be
+pointers read from the file) and refuses everything else before anything runs. Sizes are bounded before
+anything is inflated or allocated (``MAX_*`` below). Every problem a user's files can have is raised as
+:class:`SeedVFormatError` with one line: ``<file>: subject <s>, trial <t>: <what is wrong> — <what to do>``.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy._core import multiarray as _multiarray
-from numpy._core import numeric as _numeric
 
 EMOTIONS = ("disgust", "fear", "sad", "neutral", "happy")  # label 0..4
 BANDS = ("delta", "theta", "alpha", "beta", "gamma")
@@ -65,6 +66,7 @@ class SeedVFormatError(ValueError):
 
 def format_error(path, subject, what: str, fix: str, trial: int | None = None) -> SeedVFormatError:
     where = f"subject {subject}" + (f", trial {trial}" if trial is not None else "")
+    what = " ".join(what.split())[:300]   # one line, however odd the names a hostile file carries
     return SeedVFormatError(f"{path}: {where}: {what} — {fix}")
 
 
@@ -73,28 +75,152 @@ def subject_file(root: Path | str, modality: str, subject: int) -> Path:
 
 
 # --- safe unpickling --------------------------------------------------------------------------------
-
-_ALLOWED_GLOBALS = {
-    # numpy 2.x paths, then the numpy 1.x paths that old files (the real SEED-V) carry.
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    # Protocol-2 pickles written by Python 3 encode raw bytes through _codecs.encode(str, "latin1").
-    ("_codecs", "encode"): __import__("_codecs").encode,
-}
+#
+# Limits on what one file may make the reader hold. Real SEED-V subject files are ~5 MB (1823 windows x
+# 310 float64); these leave two orders of magnitude of headroom and keep a hostile file under ~1 GB.
+MAX_FILE_BYTES = 512 * 2**20      # one npz on disk
+MAX_MEMBER_BYTES = 256 * 2**20    # one npz member, uncompressed (read from the zip header before inflating)
+MAX_WINDOWS_PER_TRIAL = 10_000    # 4-s windows: 11 hours; the longest SEED-V trial has 74
+MAX_ARRAY_ELEMENTS = MAX_WINDOWS_PER_TRIAL * N_EEG   # any one array or nested list
+MAX_NESTING = 3                   # list depth of one trial's value: (windows, features) or (windows, 1)
+NUMERIC_KINDS = "biuf"            # bool, int, uint, float: what trial data and labels may be
+PLAIN_KINDS = NUMERIC_KINDS + "cSU"   # dtypes without pointers: the only arrays the reader builds
 
 
 class ForbiddenPickleError(pickle.UnpicklingError):
     pass
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals needed for dicts of numpy arrays; nothing else runs."""
+class LimitError(ValueError):
+    """Input over one of the named limits above."""
+
+
+class _NDArrayClass:
+    """Stands for ``numpy.ndarray`` in a pickle: the first argument of ``_reconstruct``, never callable."""
+
+
+_NDARRAY = _NDArrayClass()
+
+
+class _DType:
+    """A plain (or, only to be unwrapped, object) dtype named by a short string, e.g. ``'<f8'``."""
+
+    def __init__(self, spec, align=False, copy=False):
+        if not (isinstance(spec, str) and len(spec) <= 16):
+            raise ForbiddenPickleError(f"dtype {type(spec).__name__}")
+        try:
+            dtype = np.dtype(spec)
+        except TypeError:
+            raise ForbiddenPickleError(f"dtype {spec!r}") from None
+        if dtype.kind not in PLAIN_KINDS + "O" or dtype.fields is not None or dtype.subdtype is not None:
+            raise ForbiddenPickleError(f"dtype {spec!r}")
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        """numpy's dtype state ``(version, byteorder, subarray, names, fields, elsize, alignment, flags)``:
+        only the byte order may be set; anything structured is refused."""
+        if not (isinstance(state, tuple) and len(state) >= 8 and state[1] in ("<", ">", "=", "|")
+                and state[2] is None and state[3] is None and state[4] is None):
+            raise ForbiddenPickleError("dtype state")
+        if state[1] in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _plain_array(raw, dtype: _DType, shape, fortran: bool = False) -> np.ndarray:
+    """An array from raw bytes, after checking dtype, shape and size against each other and the limits."""
+    if not isinstance(dtype, _DType) or dtype.dtype.kind not in PLAIN_KINDS:
+        raise ForbiddenPickleError(f"array of dtype {getattr(dtype, 'dtype', dtype)}")
+    if not (isinstance(shape, tuple) and len(shape) <= MAX_NESTING
+            and all(type(n) is int and n >= 0 for n in shape)):
+        raise ForbiddenPickleError("array shape")
+    count = math.prod(shape)
+    if count > MAX_ARRAY_ELEMENTS:
+        raise LimitError(f"an array of shape {shape} is over MAX_ARRAY_ELEMENTS = {MAX_ARRAY_ELEMENTS}")
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != count * dtype.dtype.itemsize:
+        raise ForbiddenPickleError("array data of the wrong size")
+    return np.frombuffer(raw, dtype=dtype.dtype, count=count).reshape(shape, order="F" if fortran else "C")
+
+
+class _ArrayState:
+    """What numpy's ``_reconstruct(ndarray, (0,), b'b')`` stands for until BUILD gives it its state."""
+
+    value = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise ForbiddenPickleError("array state")
+        _, shape, dtype, fortran, raw = state
+        if isinstance(dtype, _DType) and dtype.dtype.kind == "O":
+            # np.save(allow_pickle=True) of a single object (e.g. the trial dict): unwrap it. No object
+            # array is ever built, since its elements would be pointers.
+            if shape != () or not (isinstance(raw, list) and len(raw) == 1):
+                raise ForbiddenPickleError("object array")
+            self.value = raw[0]
+        else:
+            self.value = _plain_array(raw, dtype, shape, bool(fortran))
+
+
+def _reconstruct(cls, shape, typecode):
+    if cls is not _NDARRAY:
+        raise ForbiddenPickleError("_reconstruct of a non-array")
+    return _ArrayState()
+
+
+def _scalar(dtype, raw):
+    return _plain_array(raw, dtype, ())[()]
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    return _plain_array(bytes(buffer), dtype, shape, order == "F")
+
+
+def _encode(text, encoding="utf-8"):
+    """Protocol-2 pickles from Python 3 store bytes as ``_codecs.encode(str, 'latin1')``."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ForbiddenPickleError("_codecs.encode")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    """Protocol 2 stores ``b''`` as ``bytes()`` (the empty data of an empty array)."""
+    if args:
+        raise ForbiddenPickleError("bytes(...)")
+    return b""
+
+
+_CONSTRUCTORS = {_DType, _reconstruct, _scalar, _frombuffer, _encode, _empty_bytes}
+_ALLOWED_GLOBALS = {
+    **{(module, name): value for prefix in ("numpy._core", "numpy.core")   # numpy 2.x and 1.x paths
+       for module, name, value in ((f"{prefix}.multiarray", "_reconstruct", _reconstruct),
+                                   (f"{prefix}.multiarray", "scalar", _scalar),
+                                   (f"{prefix}.numeric", "_frombuffer", _frombuffer))},
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _DType,
+    ("_codecs", "encode"): _encode,
+    ("builtins", "bytes"): _empty_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
+}
+
+
+def _forbidden_opcode(name: str):
+    def refuse(self):
+        raise ForbiddenPickleError(f"pickle opcode {name}")
+    return refuse
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler that builds only dicts, lists, numbers, strings and numeric numpy arrays.
+
+    Built on the pure-Python unpickler so that every opcode that calls something is ours: globals resolve
+    only to the validating constructors above (never to numpy itself), REDUCE calls only those, BUILD sets
+    state only on their placeholders, and the generic object opcodes are refused. No object-dtype array
+    is ever created, so no pointer is ever read from the file's bytes.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    for _opcode in ("INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID",
+                    "NEXT_BUFFER", "READONLY_BUFFER"):
+        dispatch[getattr(pickle, _opcode)[0]] = _forbidden_opcode(_opcode)
 
     def find_class(self, module: str, name: str):
         try:
@@ -102,26 +228,79 @@ class RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise ForbiddenPickleError(f"{module}.{name}") from None
 
+    def load_reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if func not in _CONSTRUCTORS or not isinstance(args, tuple):
+            raise ForbiddenPickleError(f"call of {type(func).__name__}")
+        self.stack[-1] = func(*args)
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def load_build(self):
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if not isinstance(target, (_DType, _ArrayState)):
+            raise ForbiddenPickleError(f"state of {type(target).__name__}")
+        target.__setstate__(state)
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _resolve(obj, memo: dict | None = None, depth: int = 0):
+    """Replace the placeholders of a loaded pickle by what they stand for. Memoized by identity, so a
+    small pickle of shared nested lists costs as little to resolve as it did to load."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if depth > MAX_NESTING + 1:   # the trial dict, then a trial's (windows, features) or (windows, 1)
+        raise LimitError(f"containers nested deeper than {MAX_NESTING + 1} levels (MAX_NESTING)")
+    if isinstance(obj, _ArrayState):
+        out = _resolve(obj.value, memo, depth)
+    elif isinstance(obj, _DType):
+        raise ForbiddenPickleError("a bare dtype")
+    elif isinstance(obj, dict):
+        out = {_resolve(k, memo, depth + 1): _resolve(v, memo, depth + 1) for k, v in obj.items()}
+    elif isinstance(obj, (list, tuple)):
+        out = [_resolve(v, memo, depth + 1) for v in obj]
+    else:
+        out = obj
+    memo[id(obj)] = out
+    return out
+
 
 def safe_loads(payload: bytes):
-    """Unpickle bytes with :class:`RestrictedUnpickler`; raises ForbiddenPickleError on any other global."""
-    return RestrictedUnpickler(io.BytesIO(payload)).load()
+    """Unpickle bytes with :class:`RestrictedUnpickler`; raises ForbiddenPickleError on anything but
+    plain containers, numbers and numeric arrays, and LimitError over the size limits."""
+    if len(payload) > MAX_MEMBER_BYTES:
+        raise LimitError(f"a pickle of {len(payload)} bytes is over MAX_MEMBER_BYTES = {MAX_MEMBER_BYTES}")
+    return _resolve(RestrictedUnpickler(io.BytesIO(payload)).load())
 
 
 def _read_npz_member(zf: zipfile.ZipFile, key: str):
-    """The member ``key`` of an npz: a bytes scalar (the usual layout) or a pickled object array."""
-    with zf.open(f"{key}.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran_order, dtype = read_header(fh)
-        if dtype.hasobject:  # np.save(..., allow_pickle=True) wrote a pickle after the header
-            array = RestrictedUnpickler(fh).load()
-        else:
-            raw = fh.read()
-            array = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)))
-            array = array.reshape(shape, order="F" if fortran_order else "C")
-    return array.item() if array.shape == () else array
+    """The member ``key`` of an npz: a bytes scalar (the usual layout), a pickled object, or an array.
+
+    The uncompressed size is taken from the zip header and checked before anything is inflated; zipfile
+    never inflates past it (a member whose data disagrees fails its CRC check)."""
+    info = zf.getinfo(f"{key}.npy")
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise LimitError(f"member '{key}' declares {info.file_size} bytes uncompressed, over "
+                         f"MAX_MEMBER_BYTES = {MAX_MEMBER_BYTES}")
+    with zf.open(info) as fh:
+        raw = fh.read(MAX_MEMBER_BYTES + 1)
+    fh = io.BytesIO(raw)
+    version = np.lib.format.read_magic(fh)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran_order, dtype = read_header(fh)
+    if dtype.hasobject:  # np.save(..., allow_pickle=True) wrote a pickle after the header
+        return safe_loads(raw[fh.tell():])
+    if dtype.kind == "S" and shape == ():   # the usual SEED-V layout: a pickle stored as a bytes scalar
+        body = raw[fh.tell():]
+        if len(body) != dtype.itemsize:
+            raise ValueError(f"member '{key}' is truncated")
+        return body.rstrip(b"\0")
+    if dtype.kind not in PLAIN_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise ForbiddenPickleError(f"member '{key}' of dtype {dtype}")
+    return _plain_array(raw[fh.tell():], _DType(dtype.str), tuple(shape), fortran_order)
 
 
 # --- reading and validation -------------------------------------------------------------------------
@@ -138,9 +317,14 @@ class SubjectRecording:
 
 
 def _load_trial_dicts(path: Path, subject: int) -> tuple[dict, dict]:
-    """The ``data`` and ``label`` dicts of one npz file, safely unpickled."""
+    """The ``data`` and ``label`` dicts of one npz file, safely unpickled within the limits."""
     if not path.is_file():
         raise format_error(path, subject, "file missing", "check data.raw_dir and data.subjects")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise format_error(path, subject, f"file of {size} bytes is over MAX_FILE_BYTES = {MAX_FILE_BYTES}",
+                           "a SEED-V subject file is a few MB; check that this is the right file")
+    members, key = {}, None
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
@@ -148,51 +332,107 @@ def _load_trial_dicts(path: Path, subject: int) -> tuple[dict, dict]:
                 if f"{key}.npy" not in names:
                     raise format_error(path, subject, f"key '{key}' missing",
                                        "the npz must hold 'data' and 'label' as in SEED-V")
-            members = [_read_npz_member(zf, key) for key in ("data", "label")]
+            for key in ("data", "label"):
+                members[key] = _read_npz_member(zf, key)
+                if isinstance(members[key], bytes):
+                    try:
+                        members[key] = safe_loads(members[key])
+                    except (ForbiddenPickleError, LimitError):
+                        raise
+                    except Exception as exc:
+                        raise format_error(path, subject, f"'{key}' is not a readable pickle "
+                                           f"({type(exc).__name__})", "the file is damaged or truncated; "
+                                           "copy it again") from None
     except SeedVFormatError:
         raise
     except ForbiddenPickleError as exc:
-        raise format_error(path, subject, f"forbidden pickle content ({exc}); nothing was executed",
-                           "only dicts of numpy arrays are accepted; replace the file") from None
+        raise format_error(path, subject, f"forbidden pickle content in '{key}' ({exc}); nothing was "
+                           "executed", "only dicts of numeric numpy arrays are accepted; replace the file"
+                           ) from None
+    except LimitError as exc:
+        raise format_error(path, subject, f"'{key}': {exc}", "check that this is the right file") from None
     except Exception as exc:  # zip/npy/pickle damage in any of its many forms
-        raise format_error(path, subject, f"unreadable npz ({type(exc).__name__}: {exc})".replace("\n", " "),
+        what = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
+        member = f"'{key}': " if key else ""
+        raise format_error(path, subject, f"unreadable npz ({member}{what})",
                            "the file is damaged or truncated; copy it again") from None
-    dicts = []
-    for key, member in zip(("data", "label"), members):
-        if isinstance(member, (bytes, np.bytes_)):
-            try:
-                member = safe_loads(bytes(member))
-            except ForbiddenPickleError as exc:
-                raise format_error(path, subject, f"forbidden pickle content in '{key}' ({exc}); "
-                                   "nothing was executed",
-                                   "only dicts of numpy arrays are accepted; replace the file") from None
-            except Exception as exc:
-                raise format_error(path, subject, f"'{key}' is not a readable pickle ({type(exc).__name__})",
-                                   "the file is damaged or truncated; copy it again") from None
+    for key, member in members.items():
         if not isinstance(member, dict):
             raise format_error(path, subject, f"'{key}' is a {type(member).__name__}, not a dict of trials",
                                "store a pickled dict trial -> array as SEED-V does")
-        dicts.append(member)
-    return dicts[0], dicts[1]
+    return members["data"], members["label"]
 
 
-def _trial_keys(path: Path, subject: int, key: str, trials: dict) -> dict[int, np.ndarray]:
-    try:
-        by_int = {int(k): v for k, v in trials.items()}
-    except (TypeError, ValueError):
-        raise format_error(path, subject, f"'{key}' has non-integer trial keys",
-                           "trial keys must be 0..44") from None
+def _trial_number(key) -> int | None:
+    """A trial key as an int: ints, numpy ints, integral floats and digit strings; None otherwise."""
+    if isinstance(key, (bool, np.bool_)):
+        return None
+    if isinstance(key, (int, np.integer)):
+        return int(key)
+    if isinstance(key, (float, np.floating)) and math.isfinite(key) and key == int(key):
+        return int(key)
+    if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 4:
+        return int(key)
+    return None
+
+
+def _trial_keys(path: Path, subject: int, key: str, trials: dict) -> dict[int, object]:
+    by_int = {}
+    for k, value in trials.items():
+        number = _trial_number(k)
+        if number is None:
+            shown = repr(k)[:40] if isinstance(k, (int, float, str, np.number)) else type(k).__name__
+            raise format_error(path, subject, f"'{key}' has a trial key {shown} that is not an integer",
+                               "trial keys must be the integers 0..44")
+        by_int[number] = value
     if set(by_int) != set(range(N_TRIALS)) or len(by_int) != len(trials):
         missing = sorted(set(range(N_TRIALS)) - set(by_int))
-        extra = sorted(set(by_int) - set(range(N_TRIALS)))
-        raise format_error(path, subject, f"'{key}' trial set is not 0..44 (missing {missing}, extra {extra})",
-                           "every subject file must hold all 45 trials")
+        extra = sorted(set(by_int) - set(range(N_TRIALS)))[:10]
+        duplicated = " (some trials given twice)" if len(by_int) != len(trials) else ""
+        raise format_error(path, subject, f"'{key}' trial set is not 0..44 (missing {missing}, extra {extra})"
+                           f"{duplicated}", "every subject file must hold all 45 trials")
     return by_int
 
 
-def _as_float_matrix(path, subject, trial, array, width: int) -> np.ndarray:
-    array = np.asarray(array)
-    if array.dtype.kind not in "fiu" or array.ndim != 2:
+def _nested_shape(value, memo: dict, depth: int = 0) -> tuple[int, ...] | None:
+    """Shape of nested lists of numbers (or of arrays), without building anything; None if ragged or not
+    numeric. Memoized by identity, so shared sublists are measured once."""
+    if id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, np.ndarray):
+        shape = value.shape if value.dtype.kind in NUMERIC_KINDS else None
+    elif isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+        shape = ()
+    elif isinstance(value, list) and depth < MAX_NESTING:
+        shapes = {_nested_shape(v, memo, depth + 1) for v in value}
+        shape = (len(value), *shapes.pop()) if len(shapes) == 1 and None not in shapes else (
+            (0,) if not value else None)
+    else:
+        shape = None
+    memo[id(value)] = shape
+    return shape
+
+
+def _as_array(path, subject, trial, what: str, value) -> np.ndarray:
+    """A trial's value as a numeric array, with its size checked before any list is converted."""
+    if isinstance(value, np.ndarray):
+        shape = value.shape if value.dtype.kind in NUMERIC_KINDS else None
+    else:
+        shape = _nested_shape(value, {})
+    if shape is None:
+        kind = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
+        raise format_error(path, subject, f"{what} is a {kind} that is not a rectangular array of numbers",
+                           "store a numeric (n_windows, features) array per trial", trial)
+    if math.prod(shape) > MAX_ARRAY_ELEMENTS or (shape and shape[0] > MAX_WINDOWS_PER_TRIAL):
+        raise format_error(path, subject, f"{what} of shape {shape} is over the limit of "
+                           f"MAX_WINDOWS_PER_TRIAL = {MAX_WINDOWS_PER_TRIAL} windows",
+                           "check that this is the right file", trial)
+    return np.asarray(value)
+
+
+def _as_float_matrix(path, subject, trial, value, width: int) -> np.ndarray:
+    array = _as_array(path, subject, trial, "data", value)
+    if array.ndim != 2:
         raise format_error(path, subject, f"data is {array.dtype} with shape {array.shape}, expected a "
                            f"numeric (n_windows, {width}) array", "fix or regenerate the file", trial)
     if array.shape[0] == 0:
@@ -200,23 +440,33 @@ def _as_float_matrix(path, subject, trial, array, width: int) -> np.ndarray:
     if array.shape[1] != width:
         raise format_error(path, subject, f"data has {array.shape[1]} features per window, expected {width}",
                            "is this the right modality folder?", trial)
+    array = array.astype(np.float64, copy=False)
+    too_large = int((np.abs(np.where(np.isfinite(array), array, 0.0)) > np.finfo(np.float32).max).sum())
+    if too_large:
+        raise format_error(path, subject, f"{too_large} values beyond the float32 range (|x| > 3.4e38)",
+                           "features are stored as float32; rescale or fix the file", trial)
     return array.astype(np.float32)
 
 
-def _trial_label(path, subject, trial, labels, n_windows: int) -> int:
-    labels = np.asarray(labels)
+def _trial_label(path, subject, trial, value, n_windows: int) -> int:
+    labels = _as_array(path, subject, trial, "label", value)
     if labels.ndim == 0:                                   # one label per trial: same for every window
-        labels = np.full(n_windows, labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels.reshape(1)
+    elif labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.dtype.kind not in "fiu" or labels.ndim != 1 or labels.shape[0] != n_windows:
-        raise format_error(path, subject, f"label has shape {labels.shape} ({labels.dtype}), expected "
-                           f"({n_windows},) numbers, one per window", "fix or regenerate the file", trial)
+    if labels.ndim != 1 or labels.shape[0] not in (1, n_windows):
+        raise format_error(path, subject, f"label has shape {labels.shape}, expected ({n_windows},) numbers, "
+                           "one per window, or a single number", "fix or regenerate the file", trial)
+    labels = labels.astype(np.float64)
+    if not np.isfinite(labels).all():
+        raise format_error(path, subject, "label is NaN or infinite",
+                           "labels are 0 disgust, 1 fear, 2 sad, 3 neutral, 4 happy", trial)
     if not np.all(labels == labels[0]):
-        raise format_error(path, subject, f"labels vary within the trial ({sorted(set(labels.tolist()))})",
+        shown = sorted(set(labels.tolist()))[:10]
+        raise format_error(path, subject, f"labels vary within the trial ({shown})",
                            "a trial has one emotion label", trial)
     label = labels[0].item()
-    if not (np.isfinite(label) and label == int(label) and 0 <= label <= 4):
+    if not (label == int(label) and 0 <= label < len(EMOTIONS)):
         raise format_error(path, subject, f"label {label!r} outside 0..4",
                            "labels are 0 disgust, 1 fear, 2 sad, 3 neutral, 4 happy", trial)
     return int(label)

@@ -158,7 +158,7 @@ def damage(dataset, kind):
     if kind == "not numeric":
         data[12] = np.array([["a"] * 310] * data[12].shape[0])
         rewrite(eeg, data=data)
-        return r"subject 1, trial 12: data is <U1 with shape"
+        return r"subject 1, trial 12: data is a <U1 array that is not a rectangular array of numbers"
     raise AssertionError(kind)
 
 
