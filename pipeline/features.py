@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .files import atomic_path
 from .seedv import BANDS, CHANNELS, N_EYE, TRIALS_PER_SESSION, SubjectRecording
 
 ID_COLUMNS = ("subject", "session", "trial", "window", "label")
@@ -46,12 +47,9 @@ def recording_to_frame(recording: SubjectRecording) -> pd.DataFrame:
 
 def write_table(frame: pd.DataFrame, path: Path | str) -> None:
     """Write the feature table with its explicit schema, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:

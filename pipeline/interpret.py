@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from .files import atomic_path  # noqa: E402
 from .model import CrossModalTransformer  # noqa: E402
 from .seedv import BANDS, CHANNELS, EMOTIONS  # noqa: E402
 from .train import Trials, sequences, sliding_starts  # noqa: E402
@@ -134,10 +135,9 @@ def trial_embeddings(model: CrossModalTransformer, trials: Trials, protocol: str
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

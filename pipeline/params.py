@@ -1,91 +1,101 @@
-"""``params.yaml`` as typed, validated settings. A bad value stops with one line naming the key."""
+"""``params.yaml`` as typed, validated settings; ``params.yaml`` itself is the only place defaults live.
+
+Everything is checked before a stage does any work: every section and key present (no section replaced
+by a scalar, nothing silently defaulted), no unknown or duplicate key, exact types (a bool is not an
+int), every number finite and in range, and the YAML itself parsed without anchors/aliases (a few
+hundred bytes of aliases can expand to gigabytes). A bad value stops with one line naming the key.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+import re
+import typing
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
 
-from .seedv import N_SUBJECTS
+from .errors import UserError
+from .seedv import MAX_WINDOWS_PER_TRIAL, N_SUBJECTS
 
 ALL_SUBJECTS = list(range(1, N_SUBJECTS + 1))
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Data:
-    raw_dir: str = "data/raw/synthetic"
-    subjects: list[int] = field(default_factory=lambda: list(ALL_SUBJECTS))
-    nan_policy: str = "error"  # error | impute
+    raw_dir: str
+    subjects: list[int]
+    nan_policy: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Synthetic:
-    seed: int = 0
-    subjects: int = N_SUBJECTS
+    seed: int
+    subjects: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Normalize:
-    scope: str = "subject"  # subject | session | none
+    scope: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class CV:
-    subjects: list[int] = field(default_factory=lambda: list(ALL_SUBJECTS))
-    protocol: str = "crop"  # crop | trial
-    crop_windows: int = 12
+    subjects: list[int]
+    protocol: str
+    crop_windows: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Model:
-    d_model: int = 64
-    heads: int = 4
-    layers: int = 2
-    d_ff: int = 128
-    dropout: float = 0.1
-    modalities: list[str] = field(default_factory=lambda: ["eeg", "eye"])
-    positional_encoding: bool = True
-    feature_importance: bool = True
-    cross_attention: bool = True
-    self_attention: bool = True
-    global_pooling: bool = True   # off: the last valid window's representation instead of the masked mean
-    domain_adaptation: bool = True
-    mlp_head: bool = True         # off: a single linear layer
+    d_model: int
+    heads: int
+    layers: int
+    d_ff: int
+    dropout: float
+    modalities: list[str]
+    positional_encoding: bool
+    feature_importance: bool
+    cross_attention: bool
+    self_attention: bool
+    global_pooling: bool
+    domain_adaptation: bool
+    mlp_head: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Train:
-    epochs: int = 20
-    batch_size: int = 32
-    crops_per_trial: int = 2
-    lr: float = 1.0e-3
-    weight_decay: float = 1.0e-4
-    grad_clip: float = 1.0
-    domain_weight: float = 0.1
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    epochs: int
+    batch_size: int
+    crops_per_trial: int
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    domain_weight: float
+    seed: int
+    device: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mlflow:
-    experiment: str = "seedv-cross-modal"
-    register_best: bool = False   # evaluate registers the best fold's model under the experiment name
+    experiment: str
+    register_best: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Params:
-    data: Data = field(default_factory=Data)
-    synthetic: Synthetic = field(default_factory=Synthetic)
-    normalize: Normalize = field(default_factory=Normalize)
-    cv: CV = field(default_factory=CV)
-    model: Model = field(default_factory=Model)
-    train: Train = field(default_factory=Train)
-    mlflow: Mlflow = field(default_factory=Mlflow)
+    data: Data
+    synthetic: Synthetic
+    normalize: Normalize
+    cv: CV
+    model: Model
+    train: Train
+    mlflow: Mlflow
 
     def flat(self) -> dict[str, object]:
         """``{"model.heads": 4, ...}`` for logging."""
@@ -93,21 +103,60 @@ class Params:
                 for key, value in values.items()}
 
 
-def _coerce(where: str, value, default):
-    """Check ``value`` against the type of the default; ints are accepted where floats are expected."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+SEED_MAX = 2**32 - 1   # numpy's SeedSequence entropy words
+# Closed ranges for every number (min, max); None: unbounded on that side. Generous, but finite: a value
+# outside them is a typo or an attack, not an experiment.
+RANGES = {
+    "synthetic.seed": (0, SEED_MAX), "synthetic.subjects": (1, N_SUBJECTS),
+    "cv.crop_windows": (1, MAX_WINDOWS_PER_TRIAL),
+    "model.d_model": (2, 4096), "model.heads": (1, 64), "model.layers": (1, 48), "model.d_ff": (1, 65536),
+    "model.dropout": (0.0, 0.95),
+    "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.crops_per_trial": (1, 1000),
+    "train.lr": (1e-12, 10.0), "train.weight_decay": (0.0, 10.0), "train.grad_clip": (1e-12, 1e6),
+    "train.domain_weight": (0.0, 1000.0), "train.seed": (0, SEED_MAX),
+}
+CHOICES = {
+    "data.nan_policy": ("error", "impute"), "normalize.scope": ("subject", "session", "none"),
+    "cv.protocol": ("crop", "trial"), "train.device": ("auto", "cpu", "cuda"),
+}
+# data.raw_dir is a dependency path in dvc.yaml: plain path characters only, no newline or shell syntax.
+SAFE_PATH = re.compile(r"[A-Za-z0-9_./-][A-Za-z0-9_./ -]{0,511}")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-][A-Za-z0-9_. -]{0,199}")
+
+
+def _shown(value) -> str:
+    """A short rendering of a user's value for an error message (never a huge repr)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _coerce(key: str, value, kind):
+    """Check ``value`` against the annotated type exactly; ints are accepted where floats are expected."""
+    item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
+    if kind is bool:
+        ok = type(value) is bool
+    elif kind is int:
+        ok = type(value) is int
+    elif kind is float:
+        ok = type(value) in (int, float)
+        if ok and not math.isfinite(value):
+            raise ParamsError(f"{key}: {_shown(value)} is not a finite number")
         value = float(value) if ok else value
-    elif isinstance(default, list):
-        ok = isinstance(value, list) and all(isinstance(v, type(default[0])) for v in value)
+    elif item is not None:
+        ok = type(value) is list and all(type(v) is item for v in value)
+        if ok and len(set(value)) != len(value):
+            raise ParamsError(f"{key}: {_shown(value)} lists a value twice")
     else:
-        ok = isinstance(value, type(default))
+        ok = type(value) is kind
     if not ok:
-        raise ParamsError(f"{where}: {value!r} should be of type {type(default).__name__}")
+        expected = f"a list of {item.__name__}" if item else kind.__name__
+        raise ParamsError(f"{key}: {_shown(value)} should be {expected}")
+    if key in RANGES:
+        low, high = RANGES[key]
+        if not low <= value <= high:
+            raise ParamsError(f"{key}: {_shown(value)} is outside [{low}, {high}]")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ParamsError(f"{key}: {_shown(value)} must be one of {', '.join(CHOICES[key])}")
     return value
 
 
@@ -117,59 +166,81 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(p: Params) -> Params:
+    """Checks that involve more than one key (each key's own type and range is checked on reading)."""
     subjects = set(ALL_SUBJECTS)
-    _check(p.data.nan_policy in ("error", "impute"), "data.nan_policy: must be 'error' or 'impute'")
-    _check(bool(p.data.subjects) and set(p.data.subjects) <= subjects and len(set(p.data.subjects))
-           == len(p.data.subjects), "data.subjects: distinct subjects from 1..16")
-    _check(1 <= p.synthetic.subjects <= N_SUBJECTS, "synthetic.subjects: between 1 and 16")
-    _check(p.normalize.scope in ("subject", "session", "none"),
-           "normalize.scope: must be 'subject', 'session' or 'none'")
+    _check(SAFE_PATH.fullmatch(p.data.raw_dir) is not None,
+           "data.raw_dir: use a plain path (letters, digits, '_', '.', '-', '/', spaces)")
+    _check(len(p.data.subjects) >= 2 and set(p.data.subjects) <= subjects,
+           "data.subjects: at least 2 distinct subjects from 1..16 (one held out, the others to train on)")
     _check(bool(p.cv.subjects) and set(p.cv.subjects) <= set(p.data.subjects),
            "cv.subjects: held-out subjects must be among data.subjects")
-    _check(len(p.data.subjects) >= 2, "data.subjects: at least 2 (one held out, the others to train on)")
-    _check(p.cv.protocol in ("crop", "trial"), "cv.protocol: must be 'crop' or 'trial'")
-    _check(p.cv.crop_windows >= 1, "cv.crop_windows: at least 1")
     m = p.model
-    _check(m.d_model > 0 and m.heads > 0 and m.d_model % m.heads == 0,
-           f"model.d_model ({m.d_model}) must be a positive multiple of model.heads ({m.heads})")
-    _check(m.layers >= 1 and m.d_ff >= 1, "model.layers and model.d_ff: at least 1")
-    _check(0.0 <= m.dropout < 1.0, "model.dropout: in [0, 1)")
-    _check(bool(m.modalities) and set(m.modalities) <= {"eeg", "eye"}
-           and len(set(m.modalities)) == len(m.modalities), "model.modalities: a non-empty subset of [eeg, eye]")
+    _check(m.d_model % m.heads == 0, f"model.d_model ({m.d_model}) must be a multiple of model.heads ({m.heads})")
+    _check(bool(m.modalities) and set(m.modalities) <= {"eeg", "eye"},
+           "model.modalities: a non-empty subset of [eeg, eye]")
     _check(m.d_model % 2 == 0 or not m.positional_encoding,
            "model.d_model: must be even for the sinusoidal positional encoding")
-    t = p.train
-    _check(t.epochs >= 1 and t.batch_size >= 1 and t.crops_per_trial >= 1,
-           "train.epochs, train.batch_size, train.crops_per_trial: at least 1")
-    _check(t.lr > 0 and t.weight_decay >= 0 and t.grad_clip > 0 and t.domain_weight >= 0,
-           "train.lr and train.grad_clip must be > 0, weight_decay and domain_weight >= 0")
-    _check(t.device in ("auto", "cpu", "cuda"), "train.device: must be 'auto', 'cpu' or 'cuda'")
+    _check(SAFE_NAME.fullmatch(p.mlflow.experiment) is not None,
+           "mlflow.experiment: a name of letters, digits, '_', '.', '-' and spaces (at most 200)")
     return p
 
 
-def from_dict(raw: dict | None, source: str = "params.yaml") -> Params:
-    raw = raw or {}
-    sections = {}
-    for f in fields(Params):
-        given = raw.get(f.name) or {}
-        default = f.default_factory()
-        if not isinstance(given, dict):
-            raise ParamsError(f"{source}: {f.name}: should be a mapping")
-        unknown = set(given) - {g.name for g in fields(default)}
-        if unknown:
-            raise ParamsError(f"{source}: {f.name}.{sorted(unknown)[0]}: unknown key")
-        values = {key: _coerce(f"{source}: {f.name}.{key}", value, getattr(default, key))
-                  for key, value in given.items()}
-        sections[f.name] = type(default)(**{**asdict(default), **values})
-    unknown = set(raw) - {f.name for f in fields(Params)}
-    if unknown:
-        raise ParamsError(f"{source}: {sorted(unknown)[0]}: unknown section")
+def from_dict(raw, source: str = "params.yaml") -> Params:
+    """Typed params from a complete mapping (as in ``params.yaml``); a ParamsError names the bad key."""
     try:
+        _check(isinstance(raw, dict), "should be a mapping of sections (data, model, train, ...)")
+        unknown = sorted(map(str, set(raw) - {f.name for f in fields(Params)}))
+        _check(not unknown, f"{_shown(unknown[0]) if unknown else ''}: unknown section")
+        sections = {}
+        for section in fields(Params):
+            cls = typing.get_type_hints(Params)[section.name]
+            given = raw.get(section.name)
+            _check(isinstance(given, dict), f"{section.name}: missing, or not a mapping of keys")
+            names = {f.name for f in fields(cls)}
+            unknown = sorted(map(str, set(given) - names))
+            _check(not unknown, f"{section.name}.{_shown(unknown[0]) if unknown else ''}: unknown key")
+            missing = sorted(names - set(given))
+            _check(not missing, f"{section.name}.{missing[0] if missing else ''}: missing")
+            hints = typing.get_type_hints(cls)
+            sections[section.name] = cls(**{key: _coerce(f"{section.name}.{key}", given[key], hints[key])
+                                            for key in names})
         return validate(Params(**sections))
     except ParamsError as exc:
         raise ParamsError(f"{source}: {exc}") from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (anchor bombs) and duplicate keys (YAML says last wins; DVC refuses)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(None, None, "anchors and aliases are not allowed in params.yaml",
+                                       event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise yaml.MarkedYAMLError(None, None, f"duplicate key {_shown(key)}", node.value[i][0].start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse(text: str, source: str = "params.yaml"):
+    """The YAML document in ``text``; a syntax error, alias or duplicate key is one ParamsError line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
 def load(path: Path | str = "params.yaml") -> Params:
-    with open(path) as fh:
-        return from_dict(yaml.safe_load(fh), str(path))
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    return from_dict(parse(text, str(path)), str(path))

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+
 EMOTIONS = ("disgust", "fear", "sad", "neutral", "happy")  # label 0..4
 BANDS = ("delta", "theta", "alpha", "beta", "gamma")
 CHANNELS = (
@@ -60,7 +62,7 @@ TRIAL_WINDOWS = tuple(n for session in SESSION_WINDOWS for n in session)
 MODALITIES = {"eeg": ("EEG_DE_features", N_EEG), "eye": ("Eye_movement_features", N_EYE)}
 
 
-class SeedVFormatError(ValueError):
+class SeedVFormatError(UserError, ValueError):
     """A SEED-V file that cannot be used; the message is one line naming file, subject and trial."""
 
 
@@ -528,13 +530,11 @@ def write_subject(root: Path | str, recording: SubjectRecording) -> None:
 
     Each file is written to a temporary name in its folder, then renamed, so no half-written file remains.
     """
+    from .files import atomic_path
+
     per_window_labels = {t: np.full(len(x), recording.labels[t], dtype=np.float64)
                          for t, x in enumerate(recording.eeg)}
     for modality, arrays in (("eeg", recording.eeg), ("eye", recording.eye)):
-        path = subject_file(root, modality, recording.subject)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {t: np.asarray(x, dtype=np.float64) for t, x in enumerate(arrays)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(subject_file(root, modality, recording.subject)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, data=pickle.dumps(data), label=pickle.dumps(per_window_labels))
-        tmp.replace(path)

@@ -20,10 +20,13 @@ import hashlib
 import os
 import platform
 import random
+import sqlite3
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
+
+from .errors import UserError
 
 EXECUTION_TAG = "pipeline.execution"
 ROLE_TAG = "pipeline.role"  # parent | fold | baselines | evaluate | plots
@@ -36,6 +39,42 @@ def repo_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+class TrackingStoreError(UserError, RuntimeError):
+    """The MLflow store cannot be used as it is; the message is one line naming it and what to do."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(uri: str) -> None:
+    """Refuse a damaged SQLite store before MLflow touches it: MLflow would answer a 0-byte file by
+    silently creating a new empty store, and garbage or a damaged page with long tracebacks (or not
+    at all). A missing file is fine: the first run creates it."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if not path.exists():
+        return
+    fix = (f"restore {path} from a backup, or move it away to start a new, empty store "
+           "(the runs it held are then gone from the UI)")
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise TrackingStoreError(f"{path}: cannot read the MLflow store ({exc.strerror}) — {fix}") from None
+    if not header:
+        raise TrackingStoreError(f"{path}: the MLflow store is empty (0 bytes; truncated?) — {fix}")
+    if header != SQLITE_HEADER:
+        raise TrackingStoreError(f"{path}: the MLflow store is not an SQLite database (overwritten?) — {fix}")
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        raise TrackingStoreError(f"{path}: the MLflow store is damaged ({' '.join(verdict.split())[:120]}) — {fix}")
 
 
 def retry(call, *args, attempts: int = 8, **kwargs):
@@ -91,8 +130,10 @@ def git_state(root: Path) -> dict[str, str]:
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
-    # Dirty means uncommitted *code*; params.yaml is logged as an artifact, outputs change during a run.
-    code = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    # Dirty means uncommitted *code*, untracked files included: an untracked module under the code paths
+    # or a stray ./<name>.py at the root (it shadows an installed package) runs as much as tracked code.
+    # params.yaml is logged as an artifact, and outputs change during a run.
+    code = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS, ":(glob)*.py")
     return {"git.commit": git("rev-parse", "HEAD") or "none", "git.dirty": str(bool(code)).lower()}
 
 
@@ -158,6 +199,7 @@ class Tracker:
         uri = tracking_uri()
         mlflow.set_tracking_uri(uri)
         with _store_lock(uri):
+            check_store(uri)
             self.client = mlflow.MlflowClient(uri)
             self.experiment_id = self._experiment(experiment)
         self.execution = execution_id()
@@ -183,9 +225,12 @@ class Tracker:
                     **(tags or {})}
         name = f"pipeline {exp_name}".strip() if exp_name else "pipeline"
         run = retry(self.client.create_run, self.experiment_id, run_name=name, tags=run_tags)
-        self.log_params(run.info.run_id, params_flat)
-        if Path("params.yaml").is_file():   # the exact file, for pipeline.rebuild
-            retry(self.client.log_artifact, run.info.run_id, "params.yaml")
+        try:
+            self.log_params(run.info.run_id, params_flat)
+            if Path("params.yaml").is_file():   # the exact file, for pipeline.rebuild
+                retry(self.client.log_artifact, run.info.run_id, "params.yaml")
+        finally:   # a parent is RUNNING only while one of its stages runs (see stage_run)
+            retry(self.client.set_terminated, run.info.run_id, "FINISHED")
         return run.info.run_id
 
     def log_params(self, run_id: str, params_flat: dict) -> None:

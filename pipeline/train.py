@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .features import EEG_COLUMNS, EYE_COLUMNS
 from .model import N_CLASSES, CrossModalTransformer, grl_alpha
-from .params import Params
+from .params import Params, ParamsError
 
 PROBABILITY_COLUMNS = [f"p_{c}" for c in range(N_CLASSES)]
 
@@ -91,7 +91,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: cuda was asked for but no CUDA device is available")
+        raise ParamsError("train.device: cuda was asked for but torch sees no CUDA device — "
+                          "use auto or cpu on this machine")
     return torch.device(name)
 
 

@@ -1,28 +1,39 @@
 """baselines: length-only, logistic-regression and chance baselines on the same LOSO folds
--> metrics/baselines.json (same keys as metrics.json per baseline), metrics/baselines_per_subject.json."""
+(same keys as metrics.json per baseline).
+
+    python -m stages.baselines FEATURES BASELINES_JSON PER_SUBJECT_JSON
+"""
+
+import argparse
 
 from tqdm import tqdm
 
 from pipeline.baselines import BASELINES, run_baseline
 from pipeline.evaluate import flat_metrics, subject_metrics, summarize
 from pipeline.features import read_table
+from pipeline.files import write_json
 from pipeline.tracking import Tracker
-from stages.common import params, write_json
+from stages.common import params, user_errors
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name in ("features", "baselines", "per_subject"):
+        parser.add_argument(name)
+    args = parser.parse_args()
     p = params()
-    frame = read_table("data/processed/features.parquet")
+    with user_errors():
+        tracker = Tracker(p.mlflow.experiment)
+    frame = read_table(args.features)
     per_subject = {name: {} for name in BASELINES}
     for subject in tqdm(p.cv.subjects, desc="baselines", unit="fold", disable=None):
         for name in BASELINES:
             predictions = run_baseline(name, frame, subject, p.cv.protocol, p.cv.crop_windows, p.train.seed)
             per_subject[name][subject] = subject_metrics(predictions)
     summaries = {name: summarize(folds) for name, folds in per_subject.items()}
-    write_json("metrics/baselines.json", summaries)
-    write_json("metrics/baselines_per_subject.json", per_subject)
+    write_json(args.baselines, summaries)
+    write_json(args.per_subject, per_subject)
 
     flat = {k: v for name, s in summaries.items() for k, v in flat_metrics(s, f"baseline.{name}.").items()}
-    tracker = Tracker(p.mlflow.experiment)
     parent = tracker.parent(p.flat())
     with tracker.stage_run(parent, "baselines", "baselines") as run_id:
         tracker.log_metrics(run_id, flat)

@@ -1,36 +1,48 @@
-"""evaluate: all folds' predictions -> metrics/metrics.json, metrics/per_subject.json, plots/*.csv;
-the summary goes to the execution's MLflow parent run too."""
+"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs;
+the summary goes to the execution's MLflow parent run too.
+
+    python -m stages.evaluate PREDICTIONS METRICS PER_SUBJECT CONFUSION_CSV PER_SUBJECT_CSV
+"""
+
+import argparse
+from pathlib import Path
 
 import pandas as pd
 
 from pipeline.evaluate import evaluate, flat_metrics, trial_predictions
+from pipeline.files import atomic_path, write_json
 from pipeline.seedv import EMOTIONS
 from pipeline.tracking import Tracker
-from stages.common import atomic_path, params, write_json
+from stages.common import params, user_errors
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name in ("predictions", "metrics", "per_subject", "confusion", "per_subject_csv"):
+        parser.add_argument(name, type=Path)
+    args = parser.parse_args()
     p = params()
-    predictions = pd.concat([pd.read_parquet(f"data/predictions/{s}.parquet") for s in p.cv.subjects])
+    with user_errors():
+        tracker = Tracker(p.mlflow.experiment)
+    predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     summary, per_subject = evaluate(predictions)
-    write_json("metrics/metrics.json", summary)
-    write_json("metrics/per_subject.json", per_subject)
+    write_json(args.metrics, summary)
+    write_json(args.per_subject, per_subject)
 
     trials = trial_predictions(predictions)
     names = dict(enumerate(EMOTIONS))
-    with atomic_path("plots/confusion.csv") as tmp:
+    with atomic_path(args.confusion) as tmp:
         pd.DataFrame({"actual": trials["label"].map(names), "predicted": trials["predicted"].map(names)}
                      ).to_csv(tmp, index=False)
-    with atomic_path("plots/per_subject.csv") as tmp:
+    with atomic_path(args.per_subject_csv) as tmp:
         pd.DataFrame([{"subject": s, "trial_accuracy": m["trial"]["accuracy"],
                        "window_accuracy": m["window"]["accuracy"]} for s, m in per_subject.items()]
                      ).to_csv(tmp, index=False)
 
     flat = flat_metrics(summary)
-    tracker = Tracker(p.mlflow.experiment)
     parent = tracker.parent(p.flat())
     with tracker.stage_run(parent, "evaluate", "evaluate") as run_id:
         tracker.log_metrics(run_id, flat)
-        tracker.log_artifacts(run_id, ["metrics/metrics.json", "metrics/per_subject.json"])
+        tracker.log_artifacts(run_id, [args.metrics, args.per_subject])
     tracker.log_metrics(parent, flat)
     if p.mlflow.register_best:
         version = tracker.register_best_fold(parent, p.mlflow.experiment)

@@ -1,4 +1,9 @@
-"""ingest: read and validate SEED-V files under data.raw_dir -> data/interim/features.parquet."""
+"""ingest: read and validate the SEED-V files under data.raw_dir -> one feature table.
+
+    python -m stages.ingest OUT_PARQUET
+"""
+
+import argparse
 
 import pandas as pd
 from tqdm import tqdm
@@ -7,9 +12,10 @@ from pipeline.features import recording_to_frame, write_table
 from pipeline.seedv import read_subject
 from stages.common import params, user_errors
 
-OUT = "data/interim/features.parquet"
-
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out")
+    args = parser.parse_args()
     p = params()
     frames = []
     with user_errors():
@@ -17,5 +23,5 @@ if __name__ == "__main__":
             recording = read_subject(p.data.raw_dir, subject, nan_policy=p.data.nan_policy)
             frames.append(recording_to_frame(recording))
     table = pd.concat(frames, ignore_index=True)
-    write_table(table, OUT)
-    print(f"wrote {len(table)} windows of {len(frames)} subjects to {OUT}")
+    write_table(table, args.out)
+    print(f"wrote {len(table)} windows of {len(frames)} subjects to {args.out}")

@@ -1,18 +1,20 @@
-"""synthesize: write the embedded synthetic SEED-V to data/raw/synthetic (params: synthetic.*)."""
+"""synthesize: write the embedded synthetic SEED-V (params: synthetic.*).
 
-import shutil
+    python -m stages.synthesize OUT_DIR
+"""
+
+import argparse
 from pathlib import Path
 
+from pipeline.files import atomic_path
 from pipeline.synthetic import write_dataset
 from stages.common import params
 
-OUT = Path("data/raw/synthetic")
-
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
     p = params()
-    tmp = OUT.with_name(f".{OUT.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_dataset(tmp, seed=p.synthetic.seed, n_subjects=p.synthetic.subjects)
-    shutil.rmtree(OUT, ignore_errors=True)
-    tmp.rename(OUT)
-    print(f"wrote {p.synthetic.subjects} synthetic subjects to {OUT}")
+    with atomic_path(args.out) as tmp:
+        write_dataset(tmp, seed=p.synthetic.seed, n_subjects=p.synthetic.subjects)
+    print(f"wrote {p.synthetic.subjects} synthetic subjects to {args.out}")

@@ -7,9 +7,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.params import from_dict
 from pipeline.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def make_params(**sections):
+    """The project's params.yaml with some keys replaced: ``make_params(model={"heads": 2})``."""
+    return from_dict({name: {**values, **sections.get(name, {})} for name, values in DEFAULT_PARAMS.items()})
+
+
+SMALL_MODEL = make_params(model=dict(d_model=16, heads=2, layers=1, d_ff=32, dropout=0.1)).model
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import torch
 from pipeline import interpret
 from pipeline.evaluate import confusion
 from pipeline.model import CrossModalTransformer
-from pipeline.params import Model
+from tests.conftest import SMALL_MODEL
 from pipeline.train import Trials
 
-SMALL = Model(d_model=16, heads=2, layers=1, d_ff=32)
+SMALL = dataclasses.replace(SMALL_MODEL, dropout=0.1)
 
 
 @pytest.fixture(scope="module")

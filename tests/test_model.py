@@ -8,11 +8,11 @@ import torch
 from pipeline.features import recording_to_frame, normalize
 from pipeline.model import (ClassificationHead, CrossModalAttention, CrossModalTransformer, DomainClassifier,
                             FeatureImportance, GlobalPooling, PositionalEncoding, SelfAttentionEncoder, grl_alpha)
-from pipeline.params import Model, Params, ParamsError, from_dict
+from pipeline.params import ParamsError
 from pipeline.synthetic import generate_subject
 from pipeline.train import Trials, train_fold
 
-SMALL = Model(d_model=16, heads=2, layers=1, d_ff=32, dropout=0.1)
+from tests.conftest import SMALL_MODEL as SMALL, make_params
 
 
 def batch(b=3, length=10, seed=0):
@@ -81,15 +81,15 @@ def test_gradient_reversal_flips_sign():
 
 
 def test_params_validation():
-    with pytest.raises(ParamsError, match=r"model.d_model \(30\) must be a positive multiple of model.heads \(4\)"):
-        from_dict({"model": {"d_model": 30, "heads": 4}})
-    with pytest.raises(ParamsError, match="model.hedas: unknown key"):
-        from_dict({"model": {"hedas": 4}})
+    with pytest.raises(ParamsError, match=r"model.d_model \(30\) must be a multiple of model.heads \(4\)"):
+        make_params(model={"d_model": 30, "heads": 4})
+    with pytest.raises(ParamsError, match="model.'hedas': unknown key"):
+        make_params(model={"hedas": 4})
     with pytest.raises(ParamsError, match="cv.protocol"):
-        from_dict({"cv": {"protocol": "window"}})
-    with pytest.raises(ParamsError, match="train.lr: 'fast' should be of type float"):
-        from_dict({"train": {"lr": "fast"}})
-    assert from_dict({"train": {"lr": 1}}).train.lr == 1.0
+        make_params(cv={"protocol": "window"})
+    with pytest.raises(ParamsError, match="train.lr: 'fast' should be float"):
+        make_params(train={"lr": "fast"})
+    assert make_params(train={"lr": 1}).train.lr == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +99,9 @@ def tiny_trials():
 
 
 def tiny_params(**cv):
-    return from_dict({"data": {"subjects": [1, 2, 3]}, "cv": {"subjects": [1], **cv},
-                      "model": {"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                      "train": {"epochs": 2, "batch_size": 16, "device": "cpu"}})
+    return make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1], **cv},
+                       model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
+                       train={"epochs": 2, "batch_size": 16, "device": "cpu"})
 
 
 @pytest.mark.parametrize("protocol", ["crop", "trial"])

@@ -1,5 +1,6 @@
 """MLflow as the lab notebook: run structure, exact rebuild, stale runs."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -120,13 +121,13 @@ def test_register_best_fold(tmp_path, monkeypatch):
     import numpy as np
 
     from pipeline.model import CrossModalTransformer, PackedInput
-    from pipeline.params import Model
+    from tests.conftest import SMALL_MODEL
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("PIPELINE_EXECUTION", "register-test")
     tracker = tracking.Tracker("t")
     parent = tracker.parent({"a": 1})
-    model = PackedInput(CrossModalTransformer(Model(d_model=8, heads=2, layers=1, d_ff=8), n_subjects=2).eval())
+    model = PackedInput(CrossModalTransformer(dataclasses.replace(SMALL_MODEL, d_model=8, d_ff=8), n_subjects=2).eval())
     example = np.zeros((2, 4, 344), dtype=np.float32)
     example[..., 343] = 1
     fold_runs = {}
