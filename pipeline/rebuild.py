@@ -3,12 +3,18 @@
     python -m pipeline.rebuild <run_id>      (a parent run, or any of its children)
 
 Checks out the run's git commit in a temporary git worktree, restores its exact ``params.yaml`` (logged
-as an artifact), reruns every stage (``dvc repro --force``: no cache is reused) with MLflow pointed at a
-scratch store, then prints logged vs rebuilt metrics side by side. Exit status 1 if any differs.
+as an artifact, and first checked against the run's logged params), reruns every stage (``dvc repro
+--force``: no cache is reused) with MLflow pointed at a scratch store, then prints logged vs rebuilt
+metrics side by side and one verdict: identical, within tolerance (max |Δ| ≤ TOLERANCE, e.g. another CPU
+type), or different.
+
+Exit status: 0 identical; 1 rebuilt but not identical (within tolerance or different); 2 could not
+rebuild (unknown run, missing artifact, uncommitted code, a stage failed), with one line saying why.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -17,18 +23,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import params
 from .evaluate import flat_metrics
-from .tracking import ROLE_TAG, repo_root, retry, tracking_uri
+from .tracking import ROLE_TAG, TrackingStoreError, check_store, repo_root, retry, tracking_uri
+
+
+TOLERANCE = 0.005   # half a point of accuracy/F1: what another CPU type can move (see README)
 
 
 class RebuildError(RuntimeError):
-    pass
+    """The execution could not be rebuilt; the message is one line."""
 
 
 def _run(args, cwd, env=None):
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RebuildError(f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+        raise RebuildError(f"{' '.join(map(str, args))} failed: {last}")
     return result.stdout
 
 
@@ -42,17 +53,62 @@ def pipeline_metrics(workdir: Path) -> dict[str, float]:
     return metrics
 
 
+def _parent_run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = retry(client.get_run, run_id)
+        if run.data.tags.get(ROLE_TAG) != "parent":
+            parent = run.data.tags.get("mlflow.parentRunId")
+            if not parent:
+                raise RebuildError(f"run {run_id} is not a pipeline run (no parent run tag)")
+            run = retry(client.get_run, parent)
+    except MlflowException as exc:
+        raise RebuildError(f"run {run_id} not found in {tracking_uri()} ({exc.error_code}) — check the id "
+                           "and MLFLOW_TRACKING_URI") from None
+    return run
+
+
+def _logged_params_file(client, run, scratch: Path) -> Path:
+    """The run's params.yaml artifact, after checking that it says what the run's logged params say."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = run.info.run_id
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # keep errors one line
+    try:
+        path = Path(client.download_artifacts(run_id, "params.yaml", str(scratch)))
+    except (MlflowException, OSError) as exc:
+        raise RebuildError(f"run {run_id} has no readable params.yaml artifact ({type(exc).__name__}) — "
+                           "it cannot be rebuilt exactly") from None
+    try:
+        artifact = params.load(path).flat()
+    except params.ParamsError as exc:
+        raise RebuildError(f"the params.yaml artifact of run {run_id} is not valid: {exc}") from None
+    logged = run.data.params
+    for key, value in artifact.items():
+        if key in logged and logged[key] != str(value):
+            raise RebuildError(f"the params.yaml artifact of run {run_id} disagrees with the params the run "
+                               f"logged ({key}: artifact {value}, logged {logged[key]}) — it was changed "
+                               "after the run")
+    return path
+
+
 def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | None, float | None]]:
     """Rerun the execution of ``run_id``; return (metric, logged, rebuilt) for every logged metric."""
     import mlflow
 
     root = Path(root or repo_root())
-    client = mlflow.MlflowClient(tracking_uri())
-    run = retry(client.get_run, run_id)
-    if run.data.tags.get(ROLE_TAG) != "parent":
-        run = retry(client.get_run, run.data.tags["mlflow.parentRunId"])
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise RebuildError(f"no MLflow store at {uri} — set MLFLOW_TRACKING_URI to the store that holds the run")
+    try:
+        check_store(uri)
+    except TrackingStoreError as exc:
+        raise RebuildError(str(exc)) from None
+    client = mlflow.MlflowClient(uri)
+    run = _parent_run(client, run_id)
     tags, logged = run.data.tags, run.data.metrics
-    if tags.get("git.dirty") == "true":
+    if tags.get("git.dirty") != "false" or "git.commit" not in tags:
         raise RebuildError(f"run {run.info.run_id} was made from uncommitted code; its code is not in git")
     if not logged:
         raise RebuildError(f"run {run.info.run_id} has no metrics to compare (did evaluate run?)")
@@ -60,9 +116,9 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
     scratch = Path(tempfile.mkdtemp(prefix="rebuild-"))
     source = scratch / "src"
     try:
+        params_file = _logged_params_file(client, run, scratch)
         _run(["git", "worktree", "add", "--detach", str(source), tags["git.commit"]], cwd=root)
-        client.download_artifacts(run.info.run_id, "params.yaml", str(scratch))
-        shutil.copy(scratch / "params.yaml", source / "params.yaml")
+        shutil.copy(params_file, source / "params.yaml")
         env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "PIPELINE_EXECUTION")}
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'rebuild.db'}"
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -77,30 +133,38 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
     return [(key, logged.get(key), rebuilt.get(key)) for key in sorted(set(logged) | set(rebuilt))]
 
 
-def report(rows) -> tuple[str, bool]:
+def report(rows) -> tuple[str, str]:
+    """The side-by-side table and the verdict: ``identical``, ``within tolerance`` or ``different``."""
     width = max(len(key) for key, _, _ in rows)
     lines = [f"{'metric':<{width}}  {'logged':>20}  {'rebuilt':>20}  same"]
-    same = True
+    deltas = []
     for key, logged, rebuilt in rows:
-        equal = logged is not None and rebuilt is not None and logged == rebuilt
-        same &= equal
-        lines.append(f"{key:<{width}}  {logged!s:>20}  {rebuilt!s:>20}  {'yes' if equal else 'NO'}")
-    return "\n".join(lines), same
+        delta = abs(logged - rebuilt) if logged is not None and rebuilt is not None else float("inf")
+        deltas.append(delta)
+        lines.append(f"{key:<{width}}  {logged!s:>20}  {rebuilt!s:>20}  {'yes' if delta == 0 else 'NO'}")
+    worst = max(deltas)
+    verdict = ("identical" if worst == 0 else "within tolerance" if worst <= TOLERANCE else "different")
+    lines.append({"identical": "rebuilt bit-identically",
+                  "within tolerance": f"rebuilt within tolerance: max |Δ| = {worst:.3g} ≤ {TOLERANCE} (not "
+                                      "bit-identical: another CPU type, thread count or device?)",
+                  "different": f"MISMATCH: the rebuilt metrics differ from the logged ones (max |Δ| = {worst:.3g})"
+                  }[verdict])
+    return "\n".join(lines), verdict
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.strip(), file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.rebuild", description=__doc__.split("\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("run_id", help="an MLflow run id of a pipeline execution (parent or child)")
+    args = parser.parse_args(argv)
     try:
-        rows = rebuild(argv[0])
-    except (RebuildError, KeyError) as exc:
+        rows = rebuild(args.run_id)
+    except RebuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text, same = report(rows)
+    text, verdict = report(rows)
     print(text)
-    print("rebuilt bit-identically" if same else "MISMATCH: the rebuilt metrics differ from the logged ones")
-    return 0 if same else 1
+    return 0 if verdict == "identical" else 1
 
 
 if __name__ == "__main__":

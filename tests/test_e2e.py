@@ -66,3 +66,42 @@ def test_bad_input_stops_ingest_with_one_line(project):
     assert len(lines) == 1 and "Eye_movement_features/2_123.npz: subject 2: unreadable npz" in lines[0]
     assert not (project.path / "data/interim/features.parquet").exists()
     assert not list((project.path / "data").rglob("*.tmp*"))
+
+
+def test_hostile_params_stop_before_anything_runs(project, tmp_path):
+    """Values DVC would once have put into a shell command or a deleted output path."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious\n")
+    marker = tmp_path / "injected"
+    for subjects in ([f"1; touch {marker}", 2], ["../../../victim"], [1, 1]):
+        project.set_params("cv", subjects=subjects)
+        result = project.run("dvc", "repro", check=False)
+        assert result.returncode != 0 and "error: params.yaml: cv.subjects" in result.stdout + result.stderr
+        assert not marker.exists() and (victim / "keep.txt").read_text() == "precious\n"
+
+
+def test_stage_errors_are_one_line_and_leave_no_running_run(project):
+    import mlflow
+    import torch
+
+    make_tiny(project)
+    project.run("dvc", "repro", "normalize")
+    train = ("python", "-m", "stages.train", "data/processed/features.parquet", "data/models",
+             "data/predictions", "metrics/folds", "metrics/curves")
+    if not torch.cuda.is_available():
+        project.set_params("train", device="cuda")
+        result = project.run(*train, check=False)
+        assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+        assert "train.device: cuda was asked for but torch sees no CUDA device" in result.stderr
+
+    (project.path / "params.yaml").write_text("train: [unclosed\n")
+    result = project.run(*train, check=False)
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "params.yaml: not valid YAML (line" in result.stderr
+    assert not (project.path / "data/models").exists()
+
+    client = mlflow.MlflowClient(project.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("seedv-cross-modal")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    assert not [r for r in runs if r.info.status == "RUNNING"]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,18 @@ def test_parents_children_and_rebuild(project, tmp_path):
     bad = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
     assert bad.returncode == 1 and "MISMATCH" in bad.stdout
     assert any("trial.accuracy_mean" in line and line.endswith("NO") for line in bad.stdout.splitlines())
+
+    # Could not rebuild: exit 2 and one line. A bogus id; a params.yaml artifact edited after the run.
+    bogus = project.run(sys.executable, "-m", "pipeline.rebuild", "0" * 32, check=False)
+    assert bogus.returncode == 2 and bogus.stderr.strip().splitlines()[-1].startswith("error: run 0000")
+    edited = tmp_path / "edited" / "params.yaml"
+    edited.parent.mkdir()
+    edited.write_text(re.sub(r"heads: \d+", "heads: 8", (project.path / "params.yaml").read_text()))
+    client.log_artifact(first, str(edited))
+    tampered = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
+    assert tampered.returncode == 2, tampered.stdout + tampered.stderr
+    assert tampered.stderr.strip().count("\n") == 0, tampered.stderr
+    assert "disagrees with the params the run logged (model.heads: artifact 8, logged 2)" in tampered.stderr
 
 
 def test_killed_stage_run_is_marked_on_next_start(tmp_path, monkeypatch):

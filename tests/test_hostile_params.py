@@ -1,0 +1,137 @@
+"""Hostile and broken params and tracking stores: refused in one line before any stage does work."""
+
+import sqlite3
+
+import pytest
+
+from pipeline import params, tracking
+from pipeline.params import ParamsError, parse
+from tests.conftest import DEFAULT_PARAMS, ROOT, make_params
+
+
+def refused(match, **sections):
+    with pytest.raises(ParamsError, match=match) as info:
+        make_params(**sections)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    return str(info.value)
+
+
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "domain_weight", "grad_clip"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused(key, value):
+    refused(rf"train.{key}: .* is not a finite number", train={key: value})
+
+
+@pytest.mark.parametrize("section, key, value, match", [
+    ("train", "seed", -1, r"train.seed: -1 is outside \[0, 4294967295\]"),
+    ("synthetic", "seed", 2**40, r"synthetic.seed: .* is outside"),
+    ("model", "d_model", 65536, r"model.d_model: 65536 is outside \[2, 4096\]"),
+    ("model", "dropout", 1.0, r"model.dropout: 1.0 is outside"),
+    ("train", "epochs", 0, r"train.epochs: 0 is outside"),
+    ("train", "lr", 0, r"train.lr: 0.0 is outside"),
+    ("cv", "crop_windows", 10**9, r"cv.crop_windows: .* is outside"),
+    ("model", "heads", True, r"model.heads: True should be int"),
+    ("train", "epochs", 2.0, r"train.epochs: 2.0 should be int"),
+    ("model", "positional_encoding", 1, r"model.positional_encoding: 1 should be bool"),
+    ("train", "device", "tpu", r"train.device: 'tpu' must be one of auto, cpu, cuda"),
+    ("cv", "subjects", [1, 1], r"cv.subjects: \[1, 1\] lists a value twice"),
+    ("cv", "subjects", ["1; touch /tmp/x", 2], r"cv.subjects: .* should be a list of int"),
+    ("cv", "subjects", ["../../../victim"], r"cv.subjects: .* should be a list of int"),
+    ("cv", "subjects", [17], r"cv.subjects: held-out subjects must be among data.subjects"),
+    ("data", "subjects", [0, 1], r"data.subjects: at least 2 distinct subjects from 1..16"),
+    ("data", "raw_dir", "x\n; rm -rf /", r"data.raw_dir: use a plain path"),
+    ("data", "raw_dir", "$(touch /tmp/x)", r"data.raw_dir: use a plain path"),
+    ("mlflow", "experiment", "", r"mlflow.experiment: a name of letters"),
+    ("mlflow", "experiment", "x" * 500, r"mlflow.experiment: a name of letters"),
+    ("model", "heads", 3, r"model.d_model \(64\) must be a multiple of model.heads \(3\)"),
+    ("model", "modalities", [], r"model.modalities: a non-empty subset"),
+])
+def test_bad_values_are_refused(section, key, value, match):
+    refused(match, **{section: {key: value}})
+
+
+@pytest.mark.parametrize("raw, match", [
+    (None, r"should be a mapping of sections"),
+    ({**DEFAULT_PARAMS, "model": False}, r"model: missing, or not a mapping of keys"),
+    ({**DEFAULT_PARAMS, "model": None}, r"model: missing, or not a mapping of keys"),
+    ({k: v for k, v in DEFAULT_PARAMS.items() if k != "train"}, r"train: missing"),
+    ({**DEFAULT_PARAMS, "train": {k: v for k, v in DEFAULT_PARAMS["train"].items() if k != "lr"}},
+     r"train.lr: missing"),
+    ({**DEFAULT_PARAMS, "trian": {}}, r"'trian': unknown section"),
+    ({**DEFAULT_PARAMS, "model": {**DEFAULT_PARAMS["model"], "hedas": 4}}, r"model.'hedas': unknown key"),
+])
+def test_incomplete_or_misshapen_params_are_refused(raw, match):
+    with pytest.raises(ParamsError, match=match):
+        params.from_dict(raw)
+
+
+def test_yaml_problems_are_one_line():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(20))
+    for text, match in ((bomb, r"anchors and aliases are not allowed"),
+                        ("train:\n  lr: 1\n  lr: 2\n", r"duplicate key 'lr' \(line 3|line 3.*duplicate key 'lr'"),
+                        ("train: [unclosed\n", r"not valid YAML \(line \d+, column \d+\)")):
+        with pytest.raises(ParamsError, match=match) as info:
+            parse(text)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_the_shipped_params_are_valid_and_complete():
+    params.load(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda p: p.write_bytes(b""), r"the MLflow store is empty \(0 bytes"),
+    (lambda p: p.write_bytes(b"garbage" * 100), r"the MLflow store is not an SQLite database"),
+    ("page", r"the MLflow store is damaged"),
+])
+def test_damaged_tracking_store_is_refused(tmp_path, monkeypatch, damage, match):
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.setenv("PIPELINE_EXECUTION", "damage-test")
+    tracking.Tracker("t").parent({"a": 1})
+    if damage == "page":
+        raw = bytearray(store.read_bytes())
+        for page in range(2, len(raw) // 4096):
+            raw[page * 4096 + 8: page * 4096 + 200] = b"\xff" * 192
+        store.write_bytes(bytes(raw))
+    else:
+        damage(store)
+    size = store.stat().st_size
+    with pytest.raises(tracking.TrackingStoreError, match=match) as info:
+        tracking.Tracker("t")
+    assert "\n" not in str(info.value) and str(store) in str(info.value)
+    assert store.stat().st_size == size     # never silently replaced by a new empty store
+
+
+def test_a_healthy_store_passes_the_check(tmp_path):
+    store = tmp_path / "ok.db"
+    sqlite3.connect(store).execute("create table t (x)").connection.commit()
+    tracking.check_store(f"sqlite:///{store}")
+    tracking.check_store(f"sqlite:///{tmp_path / 'missing.db'}")   # the first run creates it
+
+
+def test_untracked_importable_files_make_the_code_dirty(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                       env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline/a.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "a")
+    assert tracking.git_state(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "notes.txt").write_text("not code\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/x.py").write_text("# not on the import path\n")
+    assert tracking.git_state(tmp_path)["git.dirty"] == "false"
+    (tmp_path / "tqdm.py").write_text("raise SystemExit\n")          # shadows an installed package
+    assert tracking.git_state(tmp_path)["git.dirty"] == "true"
+    (tmp_path / "tqdm.py").unlink()
+    (tmp_path / "pipeline/b.py").write_text("y = 2\n")
+    assert tracking.git_state(tmp_path)["git.dirty"] == "true"
