@@ -18,8 +18,8 @@ import pandas as pd
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 
-from .evaluate import CLASSES, PROBABILITY_COLUMNS
-from .features import EEG_COLUMNS, EYE_COLUMNS, ID_COLUMNS
+from .evaluate import CLASSES
+from .features import EEG_COLUMNS, EYE_COLUMNS, ID_COLUMNS, PROBABILITY_COLUMNS
 
 BASELINES = ("length-only", "eeg-logreg", "eye-logreg", "both-logreg", "chance")
 LOGREG_COLUMNS = {"eeg-logreg": EEG_COLUMNS, "eye-logreg": EYE_COLUMNS, "both-logreg": EEG_COLUMNS + EYE_COLUMNS}

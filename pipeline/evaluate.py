@@ -12,26 +12,28 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from .seedv import EMOTIONS
+from .features import PROBABILITY_COLUMNS
+from .seedv import N_CLASSES
 
-CLASSES = list(range(len(EMOTIONS)))
-PROBABILITY_COLUMNS = [f"p_{c}" for c in CLASSES]
+CLASSES = list(range(N_CLASSES))
+# A trial predictions table: subject, session, trial, label, the mean log-probability per class, predicted.
+LOG_PROBABILITY_COLUMNS = [f"logp_{c}" for c in CLASSES]
 
 
 def log_probabilities(predictions: pd.DataFrame) -> np.ndarray:
-    return np.log(np.clip(predictions[PROBABILITY_COLUMNS].to_numpy(np.float64), 1e-12, None))
+    return np.log(np.clip(predictions[list(PROBABILITY_COLUMNS)].to_numpy(np.float64), 1e-12, None))
 
 
 def trial_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: subject, session, trial, label, mean log-probabilities, predicted."""
     frame = predictions[["subject", "session", "trial", "label"]].copy()
     log_p = log_probabilities(predictions)
-    for c in CLASSES:
-        frame[f"logp_{c}"] = log_p[:, c]
+    for c, column in enumerate(LOG_PROBABILITY_COLUMNS):
+        frame[column] = log_p[:, c]
     grouped = frame.groupby(["subject", "session", "trial"], sort=True)
-    out = grouped[[f"logp_{c}" for c in CLASSES]].mean()
+    out = grouped[LOG_PROBABILITY_COLUMNS].mean()
     out["label"] = grouped["label"].first()
-    out["predicted"] = out[[f"logp_{c}" for c in CLASSES]].to_numpy().argmax(1)
+    out["predicted"] = out[LOG_PROBABILITY_COLUMNS].to_numpy().argmax(1)
     return out.reset_index()
 
 

@@ -15,12 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .files import atomic_path
-from .seedv import BANDS, CHANNELS, N_EYE, TRIALS_PER_SESSION, SubjectRecording
+from .seedv import BANDS, CHANNELS, N_CLASSES, N_EYE, TRIALS_PER_SESSION, SubjectRecording
 
 ID_COLUMNS = ("subject", "session", "trial", "window", "label")
 EEG_COLUMNS = tuple(f"eeg_{channel}_{band}" for channel in CHANNELS for band in BANDS)
 EYE_COLUMNS = tuple(f"eye_{i:02d}" for i in range(N_EYE))
 FEATURE_COLUMNS = EEG_COLUMNS + EYE_COLUMNS
+# A predictions table (per window): the id columns, then one probability per class in label order.
+PROBABILITY_COLUMNS = tuple(f"p_{c}" for c in range(N_CLASSES))
 SCHEMA = pa.schema(
     [("subject", pa.int8()), ("session", pa.int8()), ("trial", pa.int8()), ("window", pa.int16()),
      ("label", pa.int8())]

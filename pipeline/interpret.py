@@ -1,14 +1,13 @@
 """Interpretability: extract attention and feature-importance from fold models, and draw the figures.
 
 Extraction runs each fold model over its held-out subject's sequences (sliding crops, or whole trials,
-as in :mod:`pipeline.train`) and keeps, per sequence, the FIM gate weights and the cross-modal attention
+as in testing: :func:`pipeline.sequences.run_sequences`) and keeps, per sequence, the FIM gate weights and the cross-modal attention
 maps. Positions are binned to ``bins`` relative positions so trials of different length can be averaged.
 Every figure is titled, has labelled axes, and names classes in label order (disgust .. happy).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from .files import atomic_path  # noqa: E402
 from .model import CrossModalTransformer  # noqa: E402
 from .seedv import BANDS, CHANNELS, EMOTIONS  # noqa: E402
-from .train import Trials, sequences, sliding_starts  # noqa: E402
+from .evaluate import LOG_PROBABILITY_COLUMNS  # noqa: E402
+from .sequences import Trials, run_sequences  # noqa: E402
 
 DPI = 150
 
@@ -60,23 +60,6 @@ class Extraction:
     temporal: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"eeg_to_eye": [], "eye_to_eeg": []})
 
 
-@torch.no_grad()
-def run_sequences(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str, crop: int,
-                  batch_size: int = 512):
-    """Run the model over the sequences of trials ``index`` (as in testing), in batches; yield
-    (owners (N,) = trial number within ``index``, window positions (N, L), Output with details)."""
-    model.eval()
-    lengths = trials.lengths[index]
-    positions, owners = sequences(lengths, protocol, crop, [sliding_starts(n, crop) for n in lengths])
-    for start in range(0, len(owners), batch_size):
-        part = slice(start, start + batch_size)
-        pos = torch.from_numpy(positions[part])
-        own = torch.from_numpy(index[owners[part]]).unsqueeze(1)
-        out = model(torch.from_numpy(trials.eeg)[own, pos.clamp(min=0)],
-                    torch.from_numpy(trials.eye)[own, pos.clamp(min=0)], pos >= 0, details=True)
-        yield owners[part], positions[part], out
-
-
 def _accumulate(acc: dict, positions: np.ndarray, details: dict, length: int, bins: int) -> None:
     """Add one sequence's FIM weights and attention to its trial's running sums."""
     acc["n"] += 1
@@ -99,7 +82,7 @@ def extract(model: CrossModalTransformer, trials: Trials, index: np.ndarray, pro
     """Add the held-out trials ``index`` of one fold model to ``into``."""
     lengths = trials.lengths[index]
     per_trial = [dict(n=0, fim={}, attention={}, temporal={}) for _ in index]
-    for owners, batch_positions, out in run_sequences(model, trials, index, protocol, crop):
+    for owners, batch_positions, out in run_sequences(model, trials, index, protocol, crop, details=True):
         for k, owner in enumerate(owners):
             details = {name: value[k].numpy() for name, value in out.details.items()}
             _accumulate(per_trial[owner], batch_positions[k], details, lengths[owner], bins)
@@ -209,7 +192,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 def confidence_figure(trial_table, path: Path) -> Path:
     """trial_table: evaluate.trial_predictions output (logp_* columns, label, predicted)."""
-    log_p = trial_table[[f"logp_{c}" for c in range(len(EMOTIONS))]].to_numpy()
+    log_p = trial_table[LOG_PROBABILITY_COLUMNS].to_numpy()
     probs = np.exp(log_p - log_p.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     confidence = probs.max(1)

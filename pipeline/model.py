@@ -1,6 +1,6 @@
 """The cross-modal transformer, read top to bottom: seven components, then the assembled model.
 
-Shapes: B trials (or crops) in a batch, L windows per sequence, F features (310 EEG or 33 eye),
+Shapes: B trials (or crops) in a batch, L windows per sequence, F features (N_EEG = 310 or N_EYE = 33),
 D = ``d_model``. ``valid`` is a bool (B, L) mask, True for real windows; padding is masked everywhere
 (feature-importance statistics, attention keys, pooling), so padding a sequence never changes its output.
 Every component can be switched off from ``params.yaml`` for ablation (see :class:`CrossModalTransformer`).
@@ -9,15 +9,17 @@ Every component can be switched off from ``params.yaml`` for ablation (see :clas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from .params import Model as ModelParams
+from .params import Params, from_dict
+from .seedv import N_CLASSES, N_EEG, N_EYE
 
-N_CLASSES = 5
-INPUT_FEATURES = {"eeg": 310, "eye": 33}
+INPUT_FEATURES = {"eeg": N_EEG, "eye": N_EYE}
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -163,7 +165,7 @@ class Output:
 class CrossModalTransformer(nn.Module):
     """The assembled model.
 
-    eeg (B, L, 310), eye (B, L, 33), valid (B, L) -> :class:`Output`. With one modality in
+    eeg (B, L, N_EEG), eye (B, L, N_EYE), valid (B, L) -> :class:`Output`. With one modality in
     ``params.modalities`` only that branch exists (and cross-attention does not apply); the other input
     is ignored. ``n_subjects`` is the number of *training* subjects (domain classes); there are no
     per-subject parameters, so a held-out subject runs through exactly the same network.
@@ -210,16 +212,47 @@ class CrossModalTransformer(nn.Module):
         return Output(self.head(embedding), embedding, domain, extra if details else {})
 
 
-class PackedInput(nn.Module):
-    """One-tensor wrapper for serving (MLflow pyfunc): x (B, L, 310 + 33 + 1) -> probabilities (B, 5).
+# The serving input: one float tensor (B, L, SERVING_WIDTH) = EEG features, eye features, then the
+# valid-window mask (1 real, 0 padding) as the last channel.
+SERVING_EEG = slice(0, N_EEG)
+SERVING_EYE = slice(N_EEG, N_EEG + N_EYE)
+SERVING_MASK = N_EEG + N_EYE
+SERVING_WIDTH = N_EEG + N_EYE + 1
 
-    The last input channel is the valid-window mask (1 real, 0 padding).
-    """
+
+def serving_example(batch: int, length: int) -> np.ndarray:
+    """A valid all-zero serving input (B, L, SERVING_WIDTH): every window marked real."""
+    example = np.zeros((batch, length, SERVING_WIDTH), dtype=np.float32)
+    example[..., SERVING_MASK] = 1.0
+    return example
+
+
+class PackedInput(nn.Module):
+    """One-tensor wrapper for serving (MLflow pyfunc): x (B, L, SERVING_WIDTH) -> probabilities (B, 5)."""
 
     def __init__(self, model: CrossModalTransformer):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eeg, eye, valid = x[..., :310], x[..., 310:343], x[..., 343] > 0.5
+        eeg, eye, valid = x[..., SERVING_EEG], x[..., SERVING_EYE], x[..., SERVING_MASK] > 0.5
         return torch.softmax(self.model(eeg, eye, valid).logits, dim=-1)
+
+
+# --- checkpoint format (model.pt) ---------------------------------------------------------------------
+
+
+def save_checkpoint(path, model: CrossModalTransformer, params: Params, train_subjects: list[int],
+                    held_out: int | None) -> None:
+    """What ``model.pt`` holds: the weights and everything needed to rebuild the network."""
+    torch.save({"state_dict": model.state_dict(), "params": asdict(params),
+                "train_subjects": list(train_subjects), "held_out": held_out}, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[CrossModalTransformer, dict]:
+    """Rebuild a model from its ``model.pt`` (weights only: no pickle is executed)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    params = from_dict(ckpt["params"], str(path))
+    model = CrossModalTransformer(params.model, n_subjects=len(ckpt["train_subjects"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import params
 from .evaluate import flat_metrics
-from .tracking import ROLE_TAG, TrackingStoreError, check_store, repo_root, retry, tracking_uri
+from .mlflow_store import TrackingStoreError, check_store, repo_root, retry, tracking_uri
+from .tracking import ROLE_TAG
 
 
 TOLERANCE = 0.005   # half a point of accuracy/F1: what another CPU type can move (see README)

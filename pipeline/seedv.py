@@ -31,6 +31,7 @@ import numpy as np
 from .errors import UserError
 
 EMOTIONS = ("disgust", "fear", "sad", "neutral", "happy")  # label 0..4
+N_CLASSES = len(EMOTIONS)
 BANDS = ("delta", "theta", "alpha", "beta", "gamma")
 CHANNELS = (
     "FP1 FPZ FP2 AF3 AF4 F7 F5 F3 F1 FZ F2 F4 F6 F8 FT7 FC5 FC3 FC1 FCZ FC2 FC4 FC6 FT8 T7 C5 C3 C1 CZ "

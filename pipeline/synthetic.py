@@ -38,10 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .seedv import (BANDS, CHANNELS, N_EYE, N_SUBJECTS, TRIAL_LABELS, TRIAL_WINDOWS, TRIALS_PER_SESSION,
+from .seedv import (BANDS, CHANNELS, N_CLASSES, N_EYE, N_SUBJECTS, TRIAL_LABELS, TRIAL_WINDOWS, TRIALS_PER_SESSION,
                     SubjectRecording, write_subject)
 
-N_CLASSES = 5
 AR_PHI = 0.8
 EEG_NOISE = 2.4
 EYE_NOISE = 1.4

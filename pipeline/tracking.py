@@ -1,192 +1,26 @@
-"""Everything MLflow: where the store is, one parent run per pipeline execution, child runs per stage.
+"""The MLflow run lifecycle: one parent run per pipeline execution, one child run per stage (or fold).
 
-- Store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db`` where ``<repo>`` is
-  ``DVC_ROOT`` (set by DVC, and pointing at the real repository even when ``dvc exp run`` works in a
-  temporary copy) or the current directory.
-- Parent run: every stage is its own process, so the parent is found (or created) by the tag
-  ``pipeline.execution``. Its value identifies the DVC process running the stages (pid, start time and
-  boot id of the nearest ``dvc`` ancestor process), so one ``dvc repro`` or one ``dvc exp run`` (queued
-  or not) is one parent, and a rerun is a new one. ``PIPELINE_EXECUTION`` overrides it.
-- Writers are several processes when experiments run in parallel; SQLite then answers "database is
-  locked" now and then, so every write goes through :func:`retry` with exponential backoff.
-
-Nothing here is written into DVC-tracked outputs (run ids would break DVC's caching).
+A parent is found or created by its execution id (:mod:`pipeline.execution`); it is RUNNING only while
+one of its stages runs and ends FINISHED, or FAILED if its last stage failed. A stage run ends FINISHED,
+FAILED on an error, or KILLED on Ctrl-C/SIGTERM; one left RUNNING by a SIGKILLed process is closed by
+the next stage that starts. Nothing here is written into DVC-tracked outputs (run ids would break DVC's
+caching).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import platform
-import random
-import sqlite3
-import subprocess
 import time
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .execution import alive, data_hashes, environment_tags, execution_id, git_state, process_tags
+from .mlflow_store import TrackingStoreError, check_store, create_run_once, retry, store_lock, tracking_uri
 
 EXECUTION_TAG = "pipeline.execution"
 ROLE_TAG = "pipeline.role"  # parent | fold | baselines | evaluate | plots
-CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "requirements.txt")
 
-
-def repo_root() -> Path:
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
-
-
-class TrackingStoreError(UserError, RuntimeError):
-    """The MLflow store cannot be used as it is; the message is one line naming it and what to do."""
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def check_store(uri: str) -> None:
-    """Refuse a damaged SQLite store before MLflow touches it: MLflow would answer a 0-byte file by
-    silently creating a new empty store, and garbage or a damaged page with long tracebacks (or not
-    at all). A missing file is fine: the first run creates it."""
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri[len("sqlite:///"):])
-    if not path.exists():
-        return
-    fix = (f"restore {path} from a backup, or move it away to start a new, empty store "
-           "(the runs it held are then gone from the UI)")
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise TrackingStoreError(f"{path}: cannot read the MLflow store ({exc.strerror}) — {fix}") from None
-    if not header:
-        raise TrackingStoreError(f"{path}: the MLflow store is empty (0 bytes; truncated?) — {fix}")
-    if header != SQLITE_HEADER:
-        raise TrackingStoreError(f"{path}: the MLflow store is not an SQLite database (overwritten?) — {fix}")
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
-            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        verdict = str(exc)
-    if verdict != "ok":
-        raise TrackingStoreError(f"{path}: the MLflow store is damaged ({' '.join(verdict.split())[:120]}) — {fix}")
-
-
-def retry(call, *args, attempts: int = 8, **kwargs):
-    """Run an MLflow call, retrying with backoff when the store is momentarily locked or unreachable."""
-    for attempt in range(attempts):
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:  # MlflowException wraps sqlite/http errors; only retry transient ones
-            transient = any(s in str(exc).lower() for s in ("locked", "busy", "timed out", "connection"))
-            if not transient or attempt == attempts - 1:
-                raise
-            time.sleep(min(0.2 * 2**attempt, 5.0) * (1 + random.random()))
-
-
-@contextmanager
-def _store_lock(uri: str):
-    """Serialize first contact with a SQLite store across processes: MLflow creates its tables on first
-    use, and two processes doing so at the same instant corrupt the migration."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    with open(f"{uri[len('sqlite:///'):]}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _dvc_process() -> str | None:
-    """``pid:start_time:boot_id`` of the nearest ancestor process that is DVC, if any (Linux /proc)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pid = os.getppid()
-        while pid > 1:
-            args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if any(os.path.basename(a) == "dvc" for a in args[:2]) or args[1:3] == ["-m", "dvc"]:
-                return f"{pid}:{fields[19]}:{boot}"
-            pid = int(fields[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def execution_id() -> str:
-    raw = os.environ.get("PIPELINE_EXECUTION") or _dvc_process() or f"process:{os.getpid()}:{time.time()}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
-def git_state(root: Path) -> dict[str, str]:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
-
-    # Dirty means uncommitted *code*, untracked files included: an untracked module under the code paths
-    # or a stray ./<name>.py at the root (it shadows an installed package) runs as much as tracked code.
-    # params.yaml is logged as an artifact, and outputs change during a run.
-    code = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS, ":(glob)*.py")
-    return {"git.commit": git("rev-parse", "HEAD") or "none", "git.dirty": str(bool(code)).lower()}
-
-
-def data_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
-    """Content hashes (md5, from dvc.lock) of the raw data read by ingest and of the processed table."""
-    import yaml
-
-    try:
-        stages = yaml.safe_load(lock_path.read_text())["stages"]
-    except (OSError, KeyError, TypeError):
-        return {}
-    out = {}
-    for dep in stages.get("ingest", {}).get("deps", []):
-        if not dep["path"].endswith(".py"):
-            out["data.raw_md5"] = dep.get("md5", "")
-    for item in stages.get("normalize", {}).get("outs", []):
-        out["data.processed_md5"] = item.get("md5", "")
-    return out
-
-
-def _alive(tags: dict[str, str]) -> bool:
-    """Whether the process that opened a run (tags written by :meth:`Tracker.stage_run`) still runs."""
-    if tags.get("pipeline.host") != platform.node():
-        return True   # another machine's run: cannot tell, leave it alone
-    try:
-        if tags.get("pipeline.boot") != Path("/proc/sys/kernel/random/boot_id").read_text().strip():
-            return False
-    except OSError:
-        pass
-    try:
-        os.kill(int(tags.get("pipeline.pid", "0")), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _process_tags() -> dict[str, str]:
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return {"pipeline.host": platform.node(), "pipeline.pid": str(os.getpid()), "pipeline.boot": boot}
-
-
-def environment_tags() -> dict[str, str]:
-    import dvc
-    import mlflow
-    import numpy
-    import torch
-
-    return {"version.python": platform.python_version(), "version.torch": torch.__version__,
-            "version.numpy": numpy.__version__, "version.dvc": dvc.__version__,
-            "version.mlflow": mlflow.__version__}
+__all__ = ["Tracker", "TrackingStoreError", "EXECUTION_TAG", "ROLE_TAG"]
 
 
 class Tracker:
@@ -198,7 +32,7 @@ class Tracker:
         self.mlflow = mlflow
         uri = tracking_uri()
         mlflow.set_tracking_uri(uri)
-        with _store_lock(uri):
+        with store_lock(uri):
             check_store(uri)
             self.client = mlflow.MlflowClient(uri)
             self.experiment_id = self._experiment(experiment)
@@ -224,7 +58,7 @@ class Tracker:
                     **data_hashes(), **environment_tags(), **({"dvc.experiment": exp_name} if exp_name else {}),
                     **(tags or {})}
         name = f"pipeline {exp_name}".strip() if exp_name else "pipeline"
-        run = retry(self.client.create_run, self.experiment_id, run_name=name, tags=run_tags)
+        run = create_run_once(self.client, self.experiment_id, name, run_tags)
         try:
             self.log_params(run.info.run_id, params_flat)
             if Path("params.yaml").is_file():   # the exact file, for pipeline.rebuild
@@ -252,7 +86,7 @@ class Tracker:
         run RUNNING), and FAILED the parents left RUNNING by it."""
         query = f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` != 'parent'"
         for run in retry(self.client.search_runs, [self.experiment_id], query):
-            if not _alive(run.data.tags):
+            if not alive(run.data.tags):
                 retry(self.client.set_terminated, run.info.run_id, "KILLED")
                 parent = run.data.tags.get("mlflow.parentRunId")
                 if parent:
@@ -264,9 +98,9 @@ class Tracker:
         the parent's status follows the last stage that ran (FINISHED, or FAILED if that stage failed)."""
         self.close_stale()
         retry(self.client.update_run, parent_id, status="RUNNING")
-        run = retry(self.client.create_run, self.experiment_id, run_name=name,
-                    tags={"mlflow.parentRunId": parent_id, EXECUTION_TAG: self.execution, ROLE_TAG: role,
-                          **_process_tags()})
+        run = create_run_once(self.client, self.experiment_id, name,
+                              {"mlflow.parentRunId": parent_id, EXECUTION_TAG: self.execution, ROLE_TAG: role,
+                               **process_tags()})
         run_id = run.info.run_id
         if params_flat:
             self.log_params(run_id, params_flat)

@@ -14,9 +14,10 @@ from tqdm import tqdm
 from pipeline import interpret
 from pipeline.evaluate import confusion, trial_predictions
 from pipeline.features import read_table
+from pipeline.model import load_checkpoint
 from pipeline.rebuild import pipeline_metrics
+from pipeline.sequences import Trials
 from pipeline.tracking import Tracker
-from pipeline.train import Trials, load_model
 from stages.common import params, user_errors
 
 if __name__ == "__main__":
@@ -32,7 +33,7 @@ if __name__ == "__main__":
     bins = crop if protocol == "crop" else 20
     extraction = interpret.Extraction()
     for subject in tqdm(p.cv.subjects, desc="plots", unit="fold", disable=None):
-        model, _ = load_model(args.models / str(subject) / "model.pt")
+        model, _ = load_checkpoint(args.models / str(subject) / "model.pt")
         interpret.extract(model, trials, np.flatnonzero(trials.subjects == subject), protocol, crop, bins, extraction)
 
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
@@ -41,7 +42,7 @@ if __name__ == "__main__":
     accuracy = lambda folds: {int(s): m["trial"]["accuracy"] for s, m in folds.items()}  # noqa: E731
 
     first = p.cv.subjects[0]
-    model, _ = load_model(args.models / str(first) / "model.pt")
+    model, _ = load_checkpoint(args.models / str(first) / "model.pt")
     embeddings = interpret.trial_embeddings(model, trials, protocol, crop)
     out = args.out
     figures = [

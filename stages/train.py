@@ -17,21 +17,19 @@ import signal
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from pipeline.evaluate import subject_metrics
 from pipeline.features import read_table
 from pipeline.files import atomic_path, atomic_paths, write_json
-from pipeline.model import PackedInput
+from pipeline.model import PackedInput, save_checkpoint, serving_example
+from pipeline.sequences import Trials
 from pipeline.tracking import Tracker
-from pipeline.train import Trials, checkpoint, resolve_device, train_fold
+from pipeline.train import resolve_device, train_fold
 from stages.common import params, user_errors
 
 
 def write_fold(held_out, result, p, metrics, models: Path, predictions: Path, folds: Path, curves: Path):
     with atomic_path(models / str(held_out) / "model.pt") as tmp:
-        torch.save(checkpoint(result, p, held_out), tmp)
+        save_checkpoint(tmp, result.model, p, result.train_subjects, held_out)
     with atomic_path(predictions / f"{held_out}.parquet") as tmp:
         result.predictions.to_parquet(tmp, index=False)
     with atomic_path(curves / f"{held_out}.csv") as tmp:
@@ -62,8 +60,7 @@ def main() -> None:
                                 on_epoch=lambda row: tracker.log_metrics(run_id, row, step=int(row["epoch"])))
             metrics = subject_metrics(result.predictions)
             tracker.log_metrics(run_id, {f"{level}.{k}": v for level, m in metrics.items() for k, v in m.items()})
-            example = np.zeros((2, p.cv.crop_windows, 344), dtype=np.float32)   # batch 2: not specialized
-            example[..., 343] = 1.0
+            example = serving_example(2, p.cv.crop_windows)   # batch 2: not specialized to one
             tracker.log_model(run_id, PackedInput(result.model.cpu().eval()), example)
         write_fold(held_out, result, p, metrics, *outputs)
         print(f"fold {held_out}: trial accuracy {metrics['trial']['accuracy']:.3f}, "

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.features import FEATURE_COLUMNS, ID_COLUMNS
 from pipeline.params import from_dict
+from pipeline.seedv import TRIAL_WINDOWS
 from pipeline.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +21,8 @@ def make_params(**sections):
     return from_dict({name: {**values, **sections.get(name, {})} for name, values in DEFAULT_PARAMS.items()})
 
 
+WINDOWS_PER_SUBJECT = sum(TRIAL_WINDOWS)                  # 1823
+TABLE_COLUMNS = len(ID_COLUMNS) + len(FEATURE_COLUMNS)     # 348
 SMALL_MODEL = make_params(model=dict(d_model=16, heads=2, layers=1, d_ff=32, dropout=0.1)).model
 
 
@@ -75,6 +79,15 @@ def project(tmp_path):
         def commit(self, message="test"):
             self.run("git", "add", "-A")
             self.run("git", "commit", "-qm", message)
+
+        def make_tiny(self):
+            """Three synthetic subjects, two folds, a small model, two epochs: the e2e tests' config."""
+            self.set_params("synthetic", subjects=3)
+            self.set_params("data", subjects=[1, 2, 3])
+            self.set_params("cv", subjects=[1, 2])
+            self.set_params("model", d_model=16, heads=2, layers=1, d_ff=32)
+            self.set_params("train", epochs=2, crops_per_trial=1)
+            self.commit("tiny")
 
     p = Project()
     p.run("git", "init", "-q", "-b", "main")

@@ -6,24 +6,16 @@ import pandas as pd
 import pytest
 
 from pipeline.seedv import subject_file
+from tests.conftest import TABLE_COLUMNS, WINDOWS_PER_SUBJECT
 
 pytestmark = pytest.mark.e2e
 
 
-def make_tiny(project):
-    project.set_params("synthetic", subjects=3)
-    project.set_params("data", subjects=[1, 2, 3])
-    project.set_params("cv", subjects=[1, 2])
-    project.set_params("model", d_model=16, heads=2, layers=1, d_ff=32)
-    project.set_params("train", epochs=2, crops_per_trial=1)
-    project.commit("tiny")
-
-
 def test_repro_metrics_and_diff(project):
-    make_tiny(project)
+    project.make_tiny()
     project.run("dvc", "repro")
     features = pd.read_parquet(project.path / "data/processed/features.parquet")
-    assert features.shape == (3 * 1823, 348)
+    assert features.shape == (3 * WINDOWS_PER_SUBJECT, TABLE_COLUMNS)
     metrics = json.loads((project.path / "metrics/metrics.json").read_text())
     assert metrics["n_folds"] == 2 and 0 <= metrics["trial"]["accuracy_mean"] <= 1
     baselines = json.loads((project.path / "metrics/baselines.json").read_text())
@@ -56,7 +48,7 @@ def test_repro_metrics_and_diff(project):
 
 
 def test_bad_input_stops_ingest_with_one_line(project):
-    make_tiny(project)
+    project.make_tiny()
     project.run("dvc", "repro", "synthesize")
     path = subject_file(project.path / "data/raw/synthetic", "eye", 2)
     path.write_bytes(path.read_bytes()[:1000])
@@ -85,7 +77,7 @@ def test_stage_errors_are_one_line_and_leave_no_running_run(project):
     import mlflow
     import torch
 
-    make_tiny(project)
+    project.make_tiny()
     project.run("dvc", "repro", "normalize")
     train = ("python", "-m", "stages.train", "data/processed/features.parquet", "data/models",
              "data/predictions", "metrics/folds", "metrics/curves")

@@ -9,7 +9,7 @@ from pipeline import interpret
 from pipeline.evaluate import confusion
 from pipeline.model import CrossModalTransformer
 from tests.conftest import SMALL_MODEL
-from pipeline.train import Trials
+from pipeline.sequences import Trials
 
 SMALL = dataclasses.replace(SMALL_MODEL, dropout=0.1)
 

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from pipeline import params, tracking
+from pipeline import execution, mlflow_store, params, tracking
 from pipeline.params import ParamsError, parse
 from tests.conftest import DEFAULT_PARAMS, ROOT, make_params
 
@@ -99,7 +99,7 @@ def test_damaged_tracking_store_is_refused(tmp_path, monkeypatch, damage, match)
     else:
         damage(store)
     size = store.stat().st_size
-    with pytest.raises(tracking.TrackingStoreError, match=match) as info:
+    with pytest.raises(mlflow_store.TrackingStoreError, match=match) as info:
         tracking.Tracker("t")
     assert "\n" not in str(info.value) and str(store) in str(info.value)
     assert store.stat().st_size == size     # never silently replaced by a new empty store
@@ -108,8 +108,8 @@ def test_damaged_tracking_store_is_refused(tmp_path, monkeypatch, damage, match)
 def test_a_healthy_store_passes_the_check(tmp_path):
     store = tmp_path / "ok.db"
     sqlite3.connect(store).execute("create table t (x)").connection.commit()
-    tracking.check_store(f"sqlite:///{store}")
-    tracking.check_store(f"sqlite:///{tmp_path / 'missing.db'}")   # the first run creates it
+    mlflow_store.check_store(f"sqlite:///{store}")
+    mlflow_store.check_store(f"sqlite:///{tmp_path / 'missing.db'}")   # the first run creates it
 
 
 def test_untracked_importable_files_make_the_code_dirty(tmp_path):
@@ -125,13 +125,13 @@ def test_untracked_importable_files_make_the_code_dirty(tmp_path):
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "a")
-    assert tracking.git_state(tmp_path)["git.dirty"] == "false"
+    assert execution.git_state(tmp_path)["git.dirty"] == "false"
     (tmp_path / "notes.txt").write_text("not code\n")
     (tmp_path / "data").mkdir()
     (tmp_path / "data/x.py").write_text("# not on the import path\n")
-    assert tracking.git_state(tmp_path)["git.dirty"] == "false"
+    assert execution.git_state(tmp_path)["git.dirty"] == "false"
     (tmp_path / "tqdm.py").write_text("raise SystemExit\n")          # shadows an installed package
-    assert tracking.git_state(tmp_path)["git.dirty"] == "true"
+    assert execution.git_state(tmp_path)["git.dirty"] == "true"
     (tmp_path / "tqdm.py").unlink()
     (tmp_path / "pipeline/b.py").write_text("y = 2\n")
-    assert tracking.git_state(tmp_path)["git.dirty"] == "true"
+    assert execution.git_state(tmp_path)["git.dirty"] == "true"

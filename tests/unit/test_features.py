@@ -6,6 +6,7 @@ import pytest
 from pipeline.features import (EEG_COLUMNS, EYE_COLUMNS, FEATURE_COLUMNS, ID_COLUMNS, normalize, read_table,
                                recording_to_frame, write_table)
 from pipeline.synthetic import generate_subject
+from tests.conftest import TABLE_COLUMNS, WINDOWS_PER_SUBJECT
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def frame():
 
 def test_columns_and_ids(frame, tmp_path):
     assert list(frame.columns) == list(ID_COLUMNS + EEG_COLUMNS + EYE_COLUMNS)
-    assert len(frame.columns) == 348 and len(frame) == 2 * 1823
+    assert len(frame.columns) == TABLE_COLUMNS and len(frame) == 2 * WINDOWS_PER_SUBJECT
     assert EEG_COLUMNS[:6] == ("eeg_FP1_delta", "eeg_FP1_theta", "eeg_FP1_alpha", "eeg_FP1_beta",
                                "eeg_FP1_gamma", "eeg_FPZ_delta")
     assert EEG_COLUMNS[-1] == "eeg_CB2_gamma" and EYE_COLUMNS[-1] == "eye_32"

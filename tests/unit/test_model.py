@@ -10,9 +10,10 @@ from pipeline.model import (ClassificationHead, CrossModalAttention, CrossModalT
                             FeatureImportance, GlobalPooling, PositionalEncoding, SelfAttentionEncoder, grl_alpha)
 from pipeline.params import ParamsError
 from pipeline.synthetic import generate_subject
-from pipeline.train import Trials, train_fold
+from pipeline.sequences import Trials
+from pipeline.train import train_fold
 
-from tests.conftest import SMALL_MODEL as SMALL, make_params
+from tests.conftest import SMALL_MODEL as SMALL, WINDOWS_PER_SUBJECT, make_params
 
 
 def batch(b=3, length=10, seed=0):
@@ -111,7 +112,7 @@ def test_training_is_deterministic(tiny_trials, protocol):
     b = train_fold(tiny_trials, 1, params)
     pd.testing.assert_frame_equal(a.predictions, b.predictions, check_exact=True)
     pd.testing.assert_frame_equal(a.curves, b.curves, check_exact=True)
-    assert len(a.predictions) == 1823 and set(a.predictions.subject) == {1}
+    assert len(a.predictions) == WINDOWS_PER_SUBJECT and set(a.predictions.subject) == {1}
     assert a.train_subjects == [2, 3] and len(a.curves) == 2
     np.testing.assert_allclose(a.predictions[[f"p_{c}" for c in range(5)]].sum(axis=1), 1, atol=1e-5)
 
@@ -119,4 +120,4 @@ def test_training_is_deterministic(tiny_trials, protocol):
 def test_long_crops_tile_short_trials(tiny_trials):
     """A crop longer than the shortest trial (13 windows) still gives every window a prediction."""
     result = train_fold(tiny_trials, 1, tiny_params(crop_windows=20))
-    assert len(result.predictions) == 1823 and result.predictions.notna().all().all()
+    assert len(result.predictions) == WINDOWS_PER_SUBJECT and result.predictions.notna().all().all()

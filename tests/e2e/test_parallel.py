@@ -14,7 +14,6 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.test_e2e import make_tiny
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +49,7 @@ def assert_complete(uri, n_parents):
 
 
 def test_two_queued_experiments_in_parallel(project, tmp_path):
-    make_tiny(project)
+    project.make_tiny()
     project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=1")
     project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=3")
     run_queue(project, jobs=2)
@@ -114,7 +113,7 @@ def tracking_server(postgres, tmp_path):
 
 
 def test_queued_experiment_on_postgres_tracking_server(project, tracking_server, tmp_path):
-    make_tiny(project)
+    project.make_tiny()
     project.env = {**project.env, "MLFLOW_TRACKING_URI": tracking_server}
     project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=1")
     run_queue(project, jobs=1)

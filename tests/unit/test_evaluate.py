@@ -4,6 +4,8 @@ import pytest
 
 from pipeline.baselines import length_only, length_vote, run_baseline
 from pipeline.evaluate import evaluate, subject_metrics, summarize, trial_predictions
+from pipeline.features import PROBABILITY_COLUMNS
+from tests.conftest import WINDOWS_PER_SUBJECT
 
 
 def predictions(rows):
@@ -68,4 +70,4 @@ def test_length_only_on_synthetic(tiny_frame):
 @pytest.mark.parametrize("name", ["eeg-logreg", "chance"])
 def test_other_baselines_give_probabilities(tiny_frame, name):
     p = run_baseline(name, tiny_frame, 1, "crop", 12, seed=0)
-    assert len(p) == 1823 and np.allclose(p[[f"p_{c}" for c in range(5)]].sum(axis=1), 1, atol=1e-5)
+    assert len(p) == WINDOWS_PER_SUBJECT and np.allclose(p[list(PROBABILITY_COLUMNS)].sum(axis=1), 1, atol=1e-5)

@@ -1,0 +1,114 @@
+"""Who is running: the pipeline execution a stage belongs to, and the code, data and machine behind it.
+
+Execution identity: every DVC stage is its own process, so the stages of one ``dvc repro`` or one
+``dvc exp run`` (queued or not) find their common MLflow parent by a tag computed from the nearest
+``dvc`` ancestor process (pid, start time and boot id, read from Linux ``/proc``). ``PIPELINE_EXECUTION``
+overrides it. **Linux only**: elsewhere (no ``/proc``) a warning is printed once and every stage process
+gets a parent of its own; set ``PIPELINE_EXECUTION`` to group them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "requirements.txt")
+_warned = []
+
+
+def _dvc_process() -> str | None:
+    """``pid:start_time:boot_id`` of the nearest ancestor process that is DVC, if any (Linux /proc)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid = os.getppid()
+        while pid > 1:
+            args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if any(os.path.basename(a) == "dvc" for a in args[:2]) or args[1:3] == ["-m", "dvc"]:
+                return f"{pid}:{fields[19]}:{boot}"
+            pid = int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def execution_id() -> str:
+    raw = os.environ.get("PIPELINE_EXECUTION") or _dvc_process()
+    if raw is None:
+        if not Path("/proc/self/stat").exists() and not _warned:
+            _warned.append(True)
+            print("warning: no /proc (not Linux): each stage gets its own MLflow parent run; set "
+                  "PIPELINE_EXECUTION to group the stages of one execution", file=sys.stderr)
+        raw = f"process:{os.getpid()}:{time.time()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def git_state(root: Path) -> dict[str, str]:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    # Dirty means uncommitted *code*, untracked files included: an untracked module under the code paths
+    # or a stray ./<name>.py at the root (it shadows an installed package) runs as much as tracked code.
+    # params.yaml is logged as an artifact, and outputs change during a run.
+    code = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS, ":(glob)*.py")
+    return {"git.commit": git("rev-parse", "HEAD") or "none", "git.dirty": str(bool(code)).lower()}
+
+
+def data_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
+    """Content hashes (md5, from dvc.lock) of the raw data read by ingest and of the processed table."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(lock_path.read_text())["stages"]
+    except (OSError, KeyError, TypeError):
+        return {}
+    out = {}
+    for dep in stages.get("ingest", {}).get("deps", []):
+        if not dep["path"].endswith(".py"):
+            out["data.raw_md5"] = dep.get("md5", "")
+    for item in stages.get("normalize", {}).get("outs", []):
+        out["data.processed_md5"] = item.get("md5", "")
+    return out
+
+
+def alive(tags: dict[str, str]) -> bool:
+    """Whether the process that opened a run (tags of :func:`process_tags`) still runs."""
+    if tags.get("pipeline.host") != platform.node():
+        return True   # another machine's run: cannot tell, leave it alone
+    try:
+        if tags.get("pipeline.boot") != Path("/proc/sys/kernel/random/boot_id").read_text().strip():
+            return False
+    except OSError:
+        pass
+    try:
+        os.kill(int(tags.get("pipeline.pid", "0")), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def process_tags() -> dict[str, str]:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return {"pipeline.host": platform.node(), "pipeline.pid": str(os.getpid()), "pipeline.boot": boot}
+
+
+def environment_tags() -> dict[str, str]:
+    import dvc
+    import mlflow
+    import numpy
+    import torch
+
+    return {"version.python": platform.python_version(), "version.torch": torch.__version__,
+            "version.numpy": numpy.__version__, "version.dvc": dvc.__version__,
+            "version.mlflow": mlflow.__version__}
+
+

@@ -1,0 +1,120 @@
+"""Where the MLflow store is, and talking to it safely.
+
+- URI: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo>/mlflow.db`` where ``<repo>`` is
+  ``DVC_ROOT`` (set by DVC, and pointing at the real repository even when ``dvc exp run`` works in a
+  temporary copy) or the current directory.
+- A SQLite store is checked before first use (:func:`check_store`), and first contact is serialized
+  across processes (:func:`store_lock`): MLflow creates its tables then, and two processes doing so at
+  once corrupt the migration.
+- Writers are several processes when experiments run in parallel; SQLite then answers "database is
+  locked" now and then, so calls go through :func:`retry` with exponential backoff. Only reads and
+  idempotent writes are retried; creating a run is made idempotent by :func:`create_run_once`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import sqlite3
+import time
+import uuid
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from .errors import UserError
+
+REQUEST_TAG = "pipeline.request"   # client-generated id of one create_run call
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+class TrackingStoreError(UserError, RuntimeError):
+    """The MLflow store cannot be used as it is; the message is one line naming it and what to do."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(uri: str) -> None:
+    """Refuse a damaged SQLite store before MLflow touches it: MLflow would answer a 0-byte file by
+    silently creating a new empty store, and garbage or a damaged page with long tracebacks (or not
+    at all). A missing file is fine: the first run creates it."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if not path.exists():
+        return
+    fix = (f"restore {path} from a backup, or move it away to start a new, empty store "
+           "(the runs it held are then gone from the UI)")
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise TrackingStoreError(f"{path}: cannot read the MLflow store ({exc.strerror}) — {fix}") from None
+    if not header:
+        raise TrackingStoreError(f"{path}: the MLflow store is empty (0 bytes; truncated?) — {fix}")
+    if header != SQLITE_HEADER:
+        raise TrackingStoreError(f"{path}: the MLflow store is not an SQLite database (overwritten?) — {fix}")
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        raise TrackingStoreError(f"{path}: the MLflow store is damaged ({' '.join(verdict.split())[:120]}) — {fix}")
+
+
+def retry(call, *args, attempts: int = 8, **kwargs):
+    """Run an MLflow read or idempotent write, retrying with backoff when the store is momentarily
+    locked or unreachable. Not for ``create_run`` (see :func:`create_run_once`)."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # MlflowException wraps sqlite/http errors; only retry transient ones
+            if not _transient(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.2 * 2**attempt, 5.0) * (1 + random.random()))
+
+
+@contextmanager
+def store_lock(uri: str):
+    """Serialize first contact with a SQLite store across processes: MLflow creates its tables on first
+    use, and two processes doing so at the same instant corrupt the migration."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(f"{uri[len('sqlite:///'):]}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _transient(exc: Exception) -> bool:
+    return any(s in str(exc).lower() for s in ("locked", "busy", "timed out", "connection"))
+
+
+def create_run_once(client, experiment_id: str, run_name: str, tags: dict[str, str], attempts: int = 8):
+    """``client.create_run`` that never leaves a duplicate: a failed attempt may still have created the
+    run (the answer was lost), so before trying again look the run up by a tag generated here."""
+    request = uuid.uuid4().hex
+    tags = {**tags, REQUEST_TAG: request}
+    for attempt in range(attempts):
+        try:
+            return client.create_run(experiment_id, run_name=run_name, tags=tags)
+        except Exception as exc:
+            if not _transient(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.2 * 2**attempt, 5.0) * (1 + random.random()))
+            found = retry(client.search_runs, [experiment_id], f"tags.`{REQUEST_TAG}` = '{request}'",
+                          max_results=1)
+            if found:
+                return found[0]
