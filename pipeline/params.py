@@ -82,6 +82,12 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Compute:
+    threads_per_fold: int    # torch CPU threads per fold: changes the last bits, so train tracks it
+    gpus_per_fold: float     # GPU share per fold on CUDA (0.25: 4 folds per GPU): only concurrency
+
+
+@dataclass(frozen=True)
 class Mlflow:
     experiment: str
     register_best: bool
@@ -95,6 +101,7 @@ class Params:
     cv: CV
     model: Model
     train: Train
+    compute: Compute
     mlflow: Mlflow
 
     def flat(self) -> dict[str, object]:
@@ -114,6 +121,7 @@ RANGES = {
     "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.crops_per_trial": (1, 1000),
     "train.lr": (1e-12, 10.0), "train.weight_decay": (0.0, 10.0), "train.grad_clip": (1e-12, 1e6),
     "train.domain_weight": (0.0, 1000.0), "train.seed": (0, SEED_MAX),
+    "compute.threads_per_fold": (1, 256), "compute.gpus_per_fold": (0.01, 8.0),
 }
 CHOICES = {
     "data.nan_policy": ("error", "impute"), "normalize.scope": ("subject", "session", "none"),

@@ -9,6 +9,7 @@ caching).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -26,17 +27,20 @@ __all__ = ["Tracker", "TrackingStoreError", "EXECUTION_TAG", "ROLE_TAG"]
 class Tracker:
     """One stage's view of the MLflow store: its execution's parent run and its own child run."""
 
-    def __init__(self, experiment: str):
+    def __init__(self, experiment: str, uri: str | None = None, execution: str | None = None):
+        """``uri`` and ``execution`` default to this process's (see :mod:`pipeline.mlflow_store` and
+        :mod:`pipeline.execution`); a fold worker on another machine is given its driver's."""
         import mlflow
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)   # no "Creating initial tables" chatter
         self.mlflow = mlflow
-        uri = tracking_uri()
+        self.uri = uri = uri or tracking_uri()
         mlflow.set_tracking_uri(uri)
         with store_lock(uri):
             check_store(uri)
             self.client = mlflow.MlflowClient(uri)
             self.experiment_id = self._experiment(experiment)
-        self.execution = execution_id()
+        self.execution = execution or execution_id()
 
     def _experiment(self, name: str) -> str:
         found = retry(self.client.get_experiment_by_name, name)

@@ -1,12 +1,12 @@
-"""train: every LOSO fold of cv.subjects, one after another in this process.
+"""train: every LOSO fold of cv.subjects, in parallel on Ray (see pipeline/folds.py).
 
     python -m stages.train FEATURES MODELS PREDICTIONS FOLD_METRICS CURVES      (as dvc.yaml runs it)
-    python -m stages.train FEATURES MODELS PREDICTIONS FOLD_METRICS CURVES --fold 3   (debug one fold)
+    python -m stages.train FEATURES MODELS PREDICTIONS FOLD_METRICS CURVES --fold 3   (one fold, no Ray)
 
 Writes, per held-out subject s, MODELS/<s>/model.pt, PREDICTIONS/<s>.parquet, FOLD_METRICS/<s>.json and
 CURVES/<s>.csv. The four folders are built under temporary names and renamed into place only when every
 fold has succeeded, so a failed run leaves none of them behind (``--fold`` replaces just that fold's
-files). Each fold is a child run of the execution's MLflow parent.
+files). Each fold is a child run of the execution's MLflow parent, which also gets the cross-fold summary.
 
 Subject ids never appear in dvc.yaml: they come from the validated params here, so a hostile
 ``cv.subjects`` value cannot reach a shell command or an output path that DVC deletes.
@@ -15,33 +15,36 @@ Subject ids never appear in dvc.yaml: they come from the validated params here, 
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
-from pipeline.evaluate import subject_metrics
+from pipeline.evaluate import flat_metrics, summarize
 from pipeline.features import read_table
 from pipeline.files import atomic_path, atomic_paths, write_json
-from pipeline.model import PackedInput, save_checkpoint, serving_example
+from pipeline.folds import FoldFailed, FoldOutput, TrackingContext, run_folds, train_one
+from pipeline.model import save_checkpoint
 from pipeline.sequences import Trials
 from pipeline.tracking import Tracker
-from pipeline.train import resolve_device, train_fold
+from pipeline.train import resolve_device
 from stages.common import params, user_errors
 
 
-def write_fold(held_out, result, p, metrics, models: Path, predictions: Path, folds: Path, curves: Path):
-    with atomic_path(models / str(held_out) / "model.pt") as tmp:
-        save_checkpoint(tmp, result.model, p, result.train_subjects, held_out)
-    with atomic_path(predictions / f"{held_out}.parquet") as tmp:
+def write_fold(output: FoldOutput, p, models: Path, predictions: Path, folds: Path, curves: Path) -> None:
+    s, result = output.held_out, output.result
+    with atomic_path(models / str(s) / "model.pt") as tmp:
+        save_checkpoint(tmp, result.model, p, result.train_subjects, s)
+    with atomic_path(predictions / f"{s}.parquet") as tmp:
         result.predictions.to_parquet(tmp, index=False)
-    with atomic_path(curves / f"{held_out}.csv") as tmp:
-        result.curves.assign(fold=held_out).to_csv(tmp, index=False)
-    write_json(folds / f"{held_out}.json", metrics)
+    with atomic_path(curves / f"{s}.csv") as tmp:
+        result.curves.assign(fold=s).to_csv(tmp, index=False)
+    write_json(folds / f"{s}.json", output.metrics)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name in ("features", "models", "predictions", "fold_metrics", "curves"):
         parser.add_argument(name, type=Path)
-    parser.add_argument("--fold", type=int, help="train only this held-out subject (outside DVC)")
+    parser.add_argument("--fold", type=int, help="train only this held-out subject, in this process")
     args = parser.parse_args()
     p = params()
     with user_errors():
@@ -53,26 +56,37 @@ def main() -> None:
     trials = Trials.from_frame(read_table(args.features))
     parent = tracker.parent(p.flat())
     tracker.set_tags(parent, {"device": str(device)})
-
-    def fold(held_out, outputs):
-        with tracker.stage_run(parent, "fold", f"fold {held_out}", {**p.flat(), "fold": held_out}) as run_id:
-            result = train_fold(trials, held_out, p,
-                                on_epoch=lambda row: tracker.log_metrics(run_id, row, step=int(row["epoch"])))
-            metrics = subject_metrics(result.predictions)
-            tracker.log_metrics(run_id, {f"{level}.{k}": v for level, m in metrics.items() for k, v in m.items()})
-            example = serving_example(2, p.cv.crop_windows)   # batch 2: not specialized to one
-            tracker.log_model(run_id, PackedInput(result.model.cpu().eval()), example)
-        write_fold(held_out, result, p, metrics, *outputs)
-        print(f"fold {held_out}: trial accuracy {metrics['trial']['accuracy']:.3f}, "
-              f"window accuracy {metrics['window']['accuracy']:.3f}", flush=True)
-
+    tracking = TrackingContext(p.mlflow.experiment, tracker.uri, tracker.execution, parent)
     outputs = (args.models, args.predictions, args.fold_metrics, args.curves)
+
     if args.fold is not None:
-        fold(args.fold, outputs)
+        output = train_one(trials, args.fold, p, tracking)
+        write_fold(output, p, *outputs)
+        print(f"fold {args.fold}: trial accuracy {output.metrics['trial']['accuracy']:.3f}")
         return
+
+    folds, start, per_subject = p.cv.subjects, time.monotonic(), {}
+
+    def on_done(output: FoldOutput, done: int) -> None:
+        write_fold(output, p, *temporaries)
+        per_subject[output.held_out] = output.metrics
+        elapsed = time.monotonic() - start
+        eta = elapsed / done * (len(folds) - done)
+        print(f"fold {done}/{len(folds)} (subject {output.held_out}) done in {output.seconds:.0f} s: trial "
+              f"accuracy {output.metrics['trial']['accuracy']:.3f}, window {output.metrics['window']['accuracy']:.3f}"
+              f" | elapsed {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+
+    print(f"training {len(folds)} folds on Ray ({p.compute.threads_per_fold} thread(s) each, {device})", flush=True)
     with atomic_paths(*outputs) as temporaries:
-        for held_out in p.cv.subjects:
-            fold(held_out, temporaries)
+        try:
+            run_folds(trials, p, folds, tracking, on_done)
+        except FoldFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+    summary = summarize(dict(sorted(per_subject.items())))
+    tracker.log_metrics(parent, flat_metrics(summary))
+    print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
+          f"over {summary['n_folds']} held-out subjects", flush=True)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,13 @@ def tiny_frame():
 
     frame = pd.concat([recording_to_frame(generate_subject(0, s)) for s in (1, 2, 3)], ignore_index=True)
     return normalize(frame, "subject")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every in-process test that needs it (starting one takes seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -97,3 +97,24 @@ def test_stage_errors_are_one_line_and_leave_no_running_run(project):
     experiment = client.get_experiment_by_name("seedv-cross-modal")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_failing_fold_leaves_no_outputs_and_no_running_run(project):
+    import mlflow
+
+    project.make_tiny()
+    project.run("dvc", "repro", "normalize")
+    features = project.path / "data/processed/features.parquet"
+    table = pd.read_parquet(features)
+    table[table.subject != 2].to_parquet(features, index=False)       # fold 2 has nothing to test on
+    result = project.run("dvc", "repro", "--single-item", "train", check=False)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert ("error: fold 2 failed: ValueError: cv.subjects: subject 2 is not in the feature table\n"
+            in result.stdout + result.stderr), result.stderr
+    for out in ("data/models", "data/predictions", "metrics/folds", "metrics/curves"):
+        assert not (project.path / out).exists(), out
+    assert not list(project.path.rglob("*.tmp*"))
+    client = mlflow.MlflowClient(project.env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("seedv-cross-modal").experiment_id])
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]
+    assert {r.info.run_name: r.info.status for r in runs}.get("fold 2") == "FAILED"

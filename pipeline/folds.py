@@ -1,0 +1,142 @@
+"""Every LOSO fold of a study as a Ray task: in parallel on this machine, or on a Ray cluster.
+
+The driver loads the trials once and puts them in Ray's object store; each task trains one fold (with
+its own MLflow child run, nested under the parent run id the driver passes down, per-epoch metrics
+streamed from the worker) and returns the fold's results; the driver writes every file, so workers need
+no shared filesystem.
+
+- Where: with ``RAY_ADDRESS`` set (Ray's own convention) it joins that cluster and ships the project code
+  as a ``runtime_env`` working dir; otherwise it starts a local Ray sized to the machine (no dashboard,
+  quiet logs) and shuts it down at the end.
+- Resources per fold: ``compute.threads_per_fold`` CPUs (the torch thread count, which can change the
+  last bits of a result) and, when the cluster has GPUs, ``compute.gpus_per_fold`` of a GPU.
+- Results do not depend on parallelism: a fold's seed, data and thread count are fixed by the params,
+  whichever worker runs it and whatever runs beside it; :func:`train_one` outside Ray gives the same bits.
+- Faults: a worker process that dies mid-fold is retried by Ray (the fold restarts from its seed); a fold
+  that raises stops the study at once, the other folds are cancelled and their runs marked KILLED.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .evaluate import subject_metrics
+from .model import PackedInput, serving_example
+from .params import Params
+from .sequences import Trials
+from .tracking import Tracker
+from .train import FoldResult, train_fold
+
+RETRIES = 3              # attempts after a worker process dies (not after an exception in the fold)
+RUNTIME_EXCLUDES = [".git", ".venv", ".dvc/cache", ".dvc/tmp", "data", "mlruns", "mlartifacts", "mlflow.db*",
+                    "plots", "metrics", "*.pyc"]
+
+
+@dataclass
+class TrackingContext:
+    """What a worker needs to log into its driver's MLflow execution."""
+
+    experiment: str
+    uri: str
+    execution: str
+    parent: str
+
+
+@dataclass
+class FoldOutput:
+    held_out: int
+    result: FoldResult
+    metrics: dict
+    seconds: float
+
+
+class FoldFailed(RuntimeError):
+    """A fold raised: the message is one line naming the fold and its error."""
+
+
+def train_one(trials: Trials, held_out: int, params: Params, tracking: TrackingContext | None) -> FoldOutput:
+    """Train and test one fold with ``compute.threads_per_fold`` torch threads, logging it as a child run
+    of ``tracking.parent`` (when given)."""
+    start = time.monotonic()
+    torch.set_num_threads(params.compute.threads_per_fold)
+    if tracking is None:
+        result = train_fold(trials, held_out, params)
+        result.model = result.model.cpu().eval()
+        return FoldOutput(held_out, result, subject_metrics(result.predictions), time.monotonic() - start)
+    tracker = Tracker(tracking.experiment, tracking.uri, tracking.execution)
+    with tracker.stage_run(tracking.parent, "fold", f"fold {held_out}", {**params.flat(), "fold": held_out}) as run:
+        result = train_fold(trials, held_out, params,
+                            on_epoch=lambda row: tracker.log_metrics(run, row, step=int(row["epoch"])))
+        result.model = result.model.cpu().eval()
+        metrics = subject_metrics(result.predictions)
+        tracker.log_metrics(run, {f"{level}.{k}": v for level, m in metrics.items() for k, v in m.items()})
+        # batch 2 in the example: the signature is not specialized to a batch of one
+        tracker.log_model(run, PackedInput(result.model), serving_example(2, params.cv.crop_windows))
+    return FoldOutput(held_out, result, metrics, time.monotonic() - start)
+
+
+def _start_ray(root: Path) -> bool:
+    """Join ``RAY_ADDRESS`` or start a local Ray; return whether we started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = dict(logging_level="ERROR", log_to_driver=False)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"working_dir": str(root), "excludes": RUNTIME_EXCLUDES}, **quiet)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+    return True
+
+
+def run_folds(trials: Trials, params: Params, folds: list[int], tracking: TrackingContext | None,
+              on_done: Callable[[FoldOutput, int], None], root: Path = Path(".")) -> None:
+    """Train ``folds`` as Ray tasks; call ``on_done(output, n_done)`` in the driver as each finishes."""
+    import ray
+
+    started = _start_ray(root)
+    try:
+        gpus = params.compute.gpus_per_fold if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        task = ray.remote(train_one).options(num_cpus=params.compute.threads_per_fold, num_gpus=gpus,
+                                             max_retries=RETRIES, retry_exceptions=False)
+        trials_ref = ray.put(trials)
+        pending = {task.remote(trials_ref, s, params, tracking): s for s in folds}
+        done = 0
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                held_out = pending.pop(ready[0])
+                try:
+                    output = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if exc.cause is not None else exc
+                    what = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+                    raise FoldFailed(f"fold {held_out} failed: {what}") from None
+                done += 1
+                on_done(output, done)
+        finally:
+            for ref in pending:          # a failure or Ctrl-C: stop the others now
+                ray.cancel(ref, force=True)
+            if pending and tracking is not None:
+                _close_killed_runs(tracking, list(pending.values()))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _close_killed_runs(tracking: TrackingContext, folds: list[int], wait: float = 10.0) -> None:
+    """Mark the cancelled folds' runs KILLED once their worker processes are gone."""
+    tracker = Tracker(tracking.experiment, tracking.uri, tracking.execution)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        tracker.close_stale()
+        query = (f"tags.`mlflow.parentRunId` = '{tracking.parent}' and attributes.status = 'RUNNING'")
+        if not tracker.client.search_runs([tracker.experiment_id], query, max_results=1):
+            return
+        time.sleep(0.5)

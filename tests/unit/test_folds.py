@@ -1,0 +1,95 @@
+"""Folds on Ray: results independent of parallelism, a killed worker retried, a failing fold reported."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.folds import FoldFailed, run_folds, train_one
+from pipeline.sequences import Trials
+from tests.conftest import make_params
+
+FOLDS = [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def trials(tiny_frame):
+    return Trials.from_frame(tiny_frame)
+
+
+def tiny(**train):
+    return make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": FOLDS},
+                       model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
+                       train={"epochs": 2, "batch_size": 16, "device": "cpu", **train})
+
+
+def parallel(trials, params, folds=FOLDS):
+    outputs = {}
+    run_folds(trials, params, folds, None, lambda output, done: outputs.update({output.held_out: output}))
+    return outputs
+
+
+def assert_same(a, b):
+    pd.testing.assert_frame_equal(a.result.predictions, b.result.predictions, check_exact=True)
+    pd.testing.assert_frame_equal(a.result.curves, b.result.curves, check_exact=True)
+    for key, value in a.result.model.state_dict().items():
+        assert torch.equal(value, b.result.model.state_dict()[key]), key
+
+
+def test_parallel_equals_one_at_a_time(ray_session, trials):
+    params = tiny()
+    together = parallel(trials, params)
+    assert set(together) == set(FOLDS)
+    for s in FOLDS:
+        assert_same(together[s], train_one(trials, s, params, None))       # in this process, no Ray
+    alone = parallel(trials, params, folds=[2])                             # nothing beside it
+    assert_same(alone[2], together[2])
+
+
+def _fold_workers() -> list[int]:
+    """Pids of Ray workers now running a fold (Ray titles them after the task)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ray::train_one" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_worker_killed_mid_fold_is_retried_with_the_same_result(ray_session, trials):
+    params = tiny(epochs=6)
+    reference = parallel(trials, params, folds=[1])[1]
+    killed = []
+
+    def kill_one():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            workers = _fold_workers()
+            if workers:
+                time.sleep(1.0)              # mid-fold, not at its first instruction
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    outputs = parallel(trials, params, folds=[1])
+    killer.join()
+    assert killed, "no fold worker was found to kill"
+    assert_same(outputs[1], reference)
+
+
+def test_a_failing_fold_stops_the_study_with_one_line(ray_session, trials):
+    without_3 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in
+                         ("eeg", "eye", "lengths", "labels", "subjects", "sessions", "trials")))
+    with pytest.raises(FoldFailed, match=r"^fold 3 failed: ValueError: cv.subjects: subject 3 is not in the "
+                                         r"feature table$") as info:
+        parallel(without_3, tiny(), folds=[3, 1, 2])
+    assert "\n" not in str(info.value)
