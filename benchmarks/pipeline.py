@@ -36,10 +36,9 @@ def apply(params_file: Path, overrides: list[str]) -> None:
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def timed_repro(commit: str | None, overrides: list[str], scratch: Path) -> tuple[float, float]:
-    """(wall seconds of ``dvc repro``, trial accuracy) at ``commit`` (None: this checkout's files)."""
-    name = commit or "head"
-    tree = scratch / name
+def prepare(commit: str | None, overrides: list[str], scratch: Path) -> Path:
+    """A fresh tree at ``commit`` (None: this checkout's files, committed or not) with the overrides."""
+    tree = scratch / (commit or "head")
     if commit:
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
                        capture_output=True)
@@ -55,14 +54,19 @@ def timed_repro(commit: str | None, overrides: list[str], scratch: Path) -> tupl
         subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], cwd=tree,
                        check=True)
     apply(tree / "params.yaml", overrides)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / (name + '.db')}",
+    return tree
+
+
+def timed_repro(tree: Path) -> tuple[float, float]:
+    """(wall seconds of ``dvc repro --force``, trial accuracy) in ``tree``."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tree.parent / (tree.name + '.db')}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("DVC_ROOT", None)
     start = time.perf_counter()
     result = subprocess.run(["dvc", "repro", "--force"], cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"dvc repro failed at {name}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise SystemExit(f"dvc repro failed in {tree}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     metrics = json.loads((tree / "metrics/metrics.json").read_text())
     return seconds, metrics["trial"]["accuracy_mean"]
 
@@ -75,8 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
-        base_s, base_acc = timed_repro(args.baseline, args.set, scratch)
-        head_s, head_acc = timed_repro(None, args.set, scratch)
+        trees = [prepare(args.baseline, args.set, scratch), prepare(None, args.set, scratch)]
+        (base_s, base_acc), (head_s, head_acc) = [timed_repro(tree) for tree in trees]
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(scratch / args.baseline)], cwd=ROOT,
                        capture_output=True)
