@@ -60,6 +60,21 @@ def git_state(root: Path) -> dict[str, str]:
     return {"git.commit": git("rev-parse", "HEAD") or "none", "git.dirty": str(bool(code)).lower()}
 
 
+def run_label(commit: str, params_flat: dict) -> str:
+    """A parent run's name outside ``dvc exp run``: short commit, then the params that differ from the
+    committed params.yaml, e.g. ``3f2a1c model.heads=8``."""
+    import yaml
+
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
+    try:
+        committed = yaml.safe_load(shown.stdout) if shown.returncode == 0 else {}
+        committed = {f"{s}.{k}": v for s, values in committed.items() for k, v in values.items()}
+    except (yaml.YAMLError, AttributeError):
+        committed = {}
+    changed = [f"{key}={value}" for key, value in params_flat.items() if committed and committed.get(key) != value]
+    return " ".join([commit[:6] if commit != "none" else "uncommitted", *changed])[:250]
+
+
 def data_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
     """Content hashes (md5, from dvc.lock) of the raw data read by ingest and of the processed table."""
     import yaml

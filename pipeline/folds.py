@@ -46,6 +46,7 @@ class TrackingContext:
     uri: str
     execution: str
     parent: str
+    tags: dict          # git and data provenance, read by the driver (a worker may have no git checkout)
 
 
 @dataclass
@@ -70,14 +71,18 @@ def train_one(trials: Trials, held_out: int, params: Params, tracking: TrackingC
         result.model = result.model.cpu().eval()
         return FoldOutput(held_out, result, subject_metrics(result.predictions), time.monotonic() - start)
     tracker = Tracker(tracking.experiment, tracking.uri, tracking.execution)
-    with tracker.stage_run(tracking.parent, "fold", f"fold {held_out}", {**params.flat(), "fold": held_out}) as run:
+    with tracker.stage_run(tracking.parent, "fold", f"fold {held_out}", {**params.flat(), "fold": held_out},
+                           tags=tracking.tags) as run:
         result = train_fold(trials, held_out, params,
-                            on_epoch=lambda row: tracker.log_metrics(run, row, step=int(row["epoch"])))
+                            on_epoch=lambda row: tracker.log_metrics(
+                                run, {k: v for k, v in row.items() if k != "epoch" and v == v}, step=int(row["epoch"])))
         result.model = result.model.cpu().eval()
         metrics = subject_metrics(result.predictions)
-        tracker.log_metrics(run, {f"{level}.{k}": v for level, m in metrics.items() for k, v in m.items()})
+        tracker.log_metrics(run, {f"{level}/{k}": v for level, m in metrics.items() for k, v in m.items()})
+        tracker.log_metrics(run, {"selection/chosen_epoch": result.selection["chosen_epoch"]})
         # batch 2 in the example: the signature is not specialized to a batch of one
-        tracker.log_model(run, PackedInput(result.model), serving_example(2, params.cv.crop_windows))
+        tracker.log_model(run, PackedInput(result.model), serving_example(2, params.cv.crop_windows),
+                          name=f"fold-{held_out}")
     return FoldOutput(held_out, result, metrics, time.monotonic() - start)
 
 

@@ -79,6 +79,9 @@ class Train:
     domain_weight: float
     seed: int
     device: str
+    validation_subjects: int   # inner-validation subjects per fold (0: no model selection, last epoch)
+    patience: int              # early stopping: epochs without inner-validation improvement (0: never)
+    refit: bool                # retrain on all training subjects for the chosen epochs
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,7 @@ class Compute:
 
 @dataclass(frozen=True)
 class Mlflow:
-    experiment: str
-    register_best: bool
+    experiment: str   # also the registry name of the final model
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ RANGES = {
     "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.crops_per_trial": (1, 1000),
     "train.lr": (1e-12, 10.0), "train.weight_decay": (0.0, 10.0), "train.grad_clip": (1e-12, 1e6),
     "train.domain_weight": (0.0, 1000.0), "train.seed": (0, SEED_MAX),
+    "train.validation_subjects": (0, N_SUBJECTS - 2), "train.patience": (0, 10_000),
     "compute.threads_per_fold": (1, 256), "compute.gpus_per_fold": (0.01, 8.0),
 }
 CHOICES = {
@@ -182,6 +185,8 @@ def validate(p: Params) -> Params:
            "data.subjects: at least 2 distinct subjects from 1..16 (one held out, the others to train on)")
     _check(bool(p.cv.subjects) and set(p.cv.subjects) <= set(p.data.subjects),
            "cv.subjects: held-out subjects must be among data.subjects")
+    _check(p.train.validation_subjects <= len(p.data.subjects) - 2,
+           "train.validation_subjects: at most len(data.subjects) - 2 (one held out, one to train on)")
     m = p.model
     _check(m.d_model % m.heads == 0, f"model.d_model ({m.d_model}) must be a multiple of model.heads ({m.heads})")
     _check(bool(m.modalities) and set(m.modalities) <= {"eeg", "eye"},

@@ -50,7 +50,7 @@ def pipeline_metrics(workdir: Path) -> dict[str, float]:
     metrics = flat_metrics(json.loads((workdir / "metrics/metrics.json").read_text()))
     baselines = json.loads((workdir / "metrics/baselines.json").read_text())
     for name, summary in baselines.items():
-        metrics.update(flat_metrics(summary, f"baseline.{name}."))
+        metrics.update(flat_metrics(summary, f"baseline/{name}/"))
     return metrics
 
 

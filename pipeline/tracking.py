@@ -15,10 +15,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .execution import alive, data_hashes, environment_tags, execution_id, git_state, process_tags
+from .execution import alive, data_hashes, environment_tags, execution_id, git_state, process_tags, run_label
 from .mlflow_store import TrackingStoreError, check_store, create_run_once, retry, store_lock, tracking_uri
 
 EXECUTION_TAG = "pipeline.execution"
+# Opens the experiment in MLflow 3's model-training view, not its GenAI one (value from the pinned UI).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 ROLE_TAG = "pipeline.role"  # parent | fold | baselines | evaluate | plots
 
 __all__ = ["Tracker", "TrackingStoreError", "EXECUTION_TAG", "ROLE_TAG"]
@@ -44,12 +46,14 @@ class Tracker:
 
     def _experiment(self, name: str) -> str:
         found = retry(self.client.get_experiment_by_name, name)
-        if found:
-            return found.experiment_id
-        try:
-            return retry(self.client.create_experiment, name)
-        except Exception:  # another process (on a shared server) created it first
-            return retry(self.client.get_experiment_by_name, name).experiment_id
+        if found is None:
+            try:
+                return retry(self.client.create_experiment, name, tags=EXPERIMENT_KIND)
+            except Exception:  # another process (on a shared server) created it first
+                found = retry(self.client.get_experiment_by_name, name)
+        if found.tags.get("mlflow.experimentKind") is None:
+            retry(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        return found.experiment_id
 
     def parent(self, params_flat: dict, tags: dict[str, str] | None = None) -> str:
         """The run id of this execution's parent run, created (with params and tags) if missing."""
@@ -58,10 +62,9 @@ class Tracker:
         if runs:
             return runs[0].info.run_id
         exp_name = os.environ.get("DVC_EXP_NAME", "")
-        run_tags = {EXECUTION_TAG: self.execution, ROLE_TAG: "parent", **git_state(Path.cwd()),
-                    **data_hashes(), **environment_tags(), **({"dvc.experiment": exp_name} if exp_name else {}),
-                    **(tags or {})}
-        name = f"pipeline {exp_name}".strip() if exp_name else "pipeline"
+        run_tags = {EXECUTION_TAG: self.execution, ROLE_TAG: "parent", **self.provenance(),
+                    **environment_tags(), **({"dvc.experiment": exp_name} if exp_name else {}), **(tags or {})}
+        name = exp_name or run_label(run_tags["git.commit"], params_flat)
         run = create_run_once(self.client, self.experiment_id, name, run_tags)
         try:
             self.log_params(run.info.run_id, params_flat)
@@ -70,6 +73,15 @@ class Tracker:
         finally:   # a parent is RUNNING only while one of its stages runs (see stage_run)
             retry(self.client.set_terminated, run.info.run_id, "FINISHED")
         return run.info.run_id
+
+    @staticmethod
+    def provenance() -> dict[str, str]:
+        """git and data tags, put on the parent and on every stage run."""
+        return {**git_state(Path.cwd()), **data_hashes()}
+
+    def describe(self, run_id: str, text: str) -> None:
+        """The run's description (the note shown at the top of its page in the UI)."""
+        retry(self.client.set_tag, run_id, "mlflow.note.content", text)
 
     def log_params(self, run_id: str, params_flat: dict) -> None:
         from mlflow.entities import Param
@@ -97,14 +109,15 @@ class Tracker:
                     retry(self.client.set_terminated, parent, "FAILED")
 
     @contextmanager
-    def stage_run(self, parent_id: str, role: str, name: str, params_flat: dict | None = None):
+    def stage_run(self, parent_id: str, role: str, name: str, params_flat: dict | None = None,
+                  tags: dict[str, str] | None = None):
         """A child run for one stage. It ends FINISHED, FAILED on an error, or KILLED on Ctrl-C/SIGTERM;
         the parent's status follows the last stage that ran (FINISHED, or FAILED if that stage failed)."""
         self.close_stale()
         retry(self.client.update_run, parent_id, status="RUNNING")
         run = create_run_once(self.client, self.experiment_id, name,
                               {"mlflow.parentRunId": parent_id, EXECUTION_TAG: self.execution, ROLE_TAG: role,
-                               **process_tags()})
+                               **(self.provenance() if tags is None else tags), **process_tags()})
         run_id = run.info.run_id
         if params_flat:
             self.log_params(run_id, params_flat)
@@ -118,7 +131,7 @@ class Tracker:
         retry(self.client.set_terminated, run_id, "FINISHED")
         retry(self.client.set_terminated, parent_id, "FINISHED")
 
-    def log_model(self, run_id: str, model, example) -> None:
+    def log_model(self, run_id: str, model, example, name: str = "model"):
         """Log a torch module with its signature (inferred from a numpy example batch)."""
         import torch
         from mlflow.models import infer_signature
@@ -127,21 +140,20 @@ class Tracker:
             output = model(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, output)
         with self.mlflow.start_run(run_id=run_id, nested=True):
-            retry(self.mlflow.pytorch.log_model, model, name="model", signature=signature,
+            return retry(self.mlflow.pytorch.log_model, model, name=name, signature=signature,
                   input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             retry(self.client.set_tag, run_id, key, value)
 
-    def register_best_fold(self, parent_id: str, name: str):
-        """Register the model of this execution's fold with the best held-out trial accuracy."""
-        query = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = 'fold'"
-        runs = retry(self.client.search_runs, [self.experiment_id], query,
-                     order_by=["metrics.`trial.accuracy` DESC"], max_results=1)
-        if not runs:
-            return None
-        return retry(self.mlflow.register_model, f"runs:/{runs[0].info.run_id}/model", name)
+    def register(self, run_id: str, name: str, alias: str):
+        """Register the model logged in ``run_id`` under ``name`` and point ``alias`` at the new version."""
+        models = retry(self.mlflow.search_logged_models, experiment_ids=[self.experiment_id], output_format="list",
+                       filter_string=f"source_run_id = '{run_id}'")
+        version = retry(self.mlflow.register_model, models[0].model_uri, name)
+        retry(self.client.set_registered_model_alias, name, alias, version.version)
+        return version
 
     def log_artifacts(self, run_id: str, paths) -> None:
         for path in paths:

@@ -1,13 +1,20 @@
-"""Leave-one-subject-out training of one fold: the training loop, then prediction of the held-out
-subject (protocols and inference: :mod:`pipeline.sequences`).
+"""Leave-one-subject-out training of one fold: the training loop, model selection on training subjects
+only, then prediction of the held-out subject (protocols and inference: :mod:`pipeline.sequences`).
 
-Model selection never looks at the held-out subject: the last epoch's model is tested, as the original did.
+Model selection (nested LOSO): with ``train.validation_subjects`` = k > 0, k of the fold's *training*
+subjects (drawn from the fold's seed; never the held-out one) are held back as inner validation; the model
+trains on the rest and the epoch with the best inner-validation trial-level loss is chosen (early
+stopping after ``train.patience`` epochs without improvement; 0: train every epoch). Then either that
+checkpoint is tested, or (``train.refit``) a model is retrained on all training subjects for the chosen
+number of epochs. The held-out subject is used for nothing but the final predictions.
+With k = 0 the last epoch's model is tested, as the original did.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -16,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .evaluate import LOG_PROBABILITY_COLUMNS, trial_predictions
 from .model import CrossModalTransformer, grl_alpha
 from .params import Params, ParamsError
 from .sequences import Batcher, Trials, autocast, predict_windows, sequences
@@ -33,9 +41,10 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class FoldResult:
     model: CrossModalTransformer
-    curves: pd.DataFrame        # one row per epoch
+    curves: pd.DataFrame        # one row per epoch (inner-validation columns NaN without validation)
     predictions: pd.DataFrame   # one row per held-out window
-    train_subjects: list[int]
+    train_subjects: list[int]   # the subjects the tested model was fit on (its domain classes)
+    selection: dict = field(default_factory=dict)   # chosen epoch and inner-validation subjects
 
 
 def seed_everything(seed: int, held_out: int) -> np.random.Generator:
@@ -46,33 +55,46 @@ def seed_everything(seed: int, held_out: int) -> np.random.Generator:
     return np.random.default_rng(fold_seed)
 
 
-def train_fold(trials: Trials, held_out: int, params: Params,
-               on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
-    """Fit on every subject but ``held_out``, then predict the held-out subject's windows."""
-    rng = seed_everything(params.train.seed, held_out)
-    device = resolve_device(params.train.device)
+def validation_subjects(train_subjects: list[int], k: int, seed: int, held_out: int) -> list[int]:
+    """The k inner-validation subjects of a fold, drawn from their own stream of the fold's seed (so the
+    draw does not shift the training stream)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, held_out, 1]))
+    return sorted(int(s) for s in rng.choice(train_subjects, size=k, replace=False)) if k else []
+
+
+def validation_scores(predictions: pd.DataFrame) -> dict[str, float]:
+    """Trial-level loss (NLL of the softmax of each trial's mean window log-probability) and accuracy."""
+    trials = trial_predictions(predictions)
+    log_p = trials[LOG_PROBABILITY_COLUMNS].to_numpy()
+    log_p = log_p - np.logaddexp.reduce(log_p, axis=1, keepdims=True)
+    return {"val_loss": float(-log_p[np.arange(len(trials)), trials["label"].to_numpy()].mean()),
+            "val_accuracy": float((trials["predicted"] == trials["label"]).mean())}
+
+
+def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Generator, device: torch.device,
+        epochs: int, validation: list[int] = (), desc: str = "fit",
+        on_epoch: Callable[[dict], None] | None = None) -> tuple[CrossModalTransformer, list[dict], int]:
+    """Train a fresh model on ``subjects`` for up to ``epochs`` epochs; return (model, curve rows, chosen
+    epoch). With ``validation`` subjects the model of the best inner-validation epoch is returned."""
     cv, tp = params.cv, params.train
-    train_index = np.flatnonzero(trials.subjects != held_out)
-    test_index = np.flatnonzero(trials.subjects == held_out)
-    if len(test_index) == 0:
-        raise ValueError(f"cv.subjects: subject {held_out} is not in the feature table")
-    train_subjects = sorted(set(trials.subjects[train_index].tolist()))
-    domain_of = {s: i for i, s in enumerate(train_subjects)}
+    train_index = np.flatnonzero(np.isin(trials.subjects, subjects))
+    domain_of = {s: i for i, s in enumerate(subjects)}
     labels = torch.from_numpy(trials.labels[train_index]).to(device)
     domains = torch.tensor([domain_of[s] for s in trials.subjects[train_index]], device=device)
     lengths = trials.lengths[train_index]
+    validation_index = np.flatnonzero(np.isin(trials.subjects, validation))
 
-    model = CrossModalTransformer(params.model, n_subjects=len(train_subjects)).to(device)
+    model = CrossModalTransformer(params.model, n_subjects=len(subjects)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     per_epoch = len(lengths) * (tp.crops_per_trial if cv.protocol == "crop" else 1)
     steps_per_epoch = math.ceil(per_epoch / tp.batch_size)
-    total_steps = tp.epochs * steps_per_epoch
+    total_steps = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     batch_of = Batcher(trials, train_index, device)
     loss_fn = nn.CrossEntropyLoss()
 
-    curves, step = [], 0
-    bar = tqdm(range(1, tp.epochs + 1), desc=f"fold {held_out}", unit="epoch", disable=None)
+    curves, step, best = [], 0, (math.inf, 0, None)   # (val loss, epoch, weights)
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None)
     for epoch in bar:
         model.train()
         starts = [rng.integers(0, max(n - cv.crop_windows, 0) + 1, tp.crops_per_trial) for n in lengths]
@@ -102,11 +124,54 @@ def train_fold(trials: Trials, held_out: int, params: Params,
             sums["alpha"] = alpha
         row = {"epoch": epoch, "loss": sums["loss"] / len(order), "class_loss": sums["class_loss"] / len(order),
                "domain_loss": sums["domain_loss"] / len(order), "train_accuracy": sums["correct"] / len(order),
-               "lr": scheduler.get_last_lr()[0], "grl_alpha": sums["alpha"]}
+               "lr": scheduler.get_last_lr()[0], "grl_alpha": sums["alpha"],
+               "val_loss": math.nan, "val_accuracy": math.nan}
+        if len(validation_index):
+            row.update(validation_scores(predict_windows(model, trials, validation_index, cv.protocol,
+                                                         cv.crop_windows, device)))
+            if row["val_loss"] < best[0]:
+                best = (row["val_loss"], epoch, copy.deepcopy(model.state_dict()))
         curves.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.2f}")
         if on_epoch:
             on_epoch(row)
+        if len(validation_index) and tp.patience and epoch - best[1] >= tp.patience:
+            break
+    if best[2] is None:
+        return model, curves, len(curves)
+    model.load_state_dict(best[2])
+    return model, curves, best[1]
 
-    predictions = predict_windows(model, trials, test_index, cv.protocol, cv.crop_windows, device)
-    return FoldResult(model, pd.DataFrame(curves), predictions, train_subjects)
+
+def train_final(trials: Trials, params: Params, epochs: int) -> tuple[CrossModalTransformer, list[int]]:
+    """One model on every subject of ``trials`` for ``epochs`` epochs (no held-out subject, no validation);
+    seeded as fold 0 so that it never shares a stream with a LOSO fold."""
+    rng = seed_everything(params.train.seed, 0)
+    subjects = sorted(set(trials.subjects.tolist()))
+    model, _, _ = fit(trials, subjects, params, rng, resolve_device(params.train.device), epochs, desc="final")
+    return model.cpu().eval(), subjects
+
+
+def train_fold(trials: Trials, held_out: int, params: Params,
+               on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
+    """Fit on every subject but ``held_out`` (selecting the epoch on inner-validation subjects), then
+    predict the held-out subject's windows."""
+    rng = seed_everything(params.train.seed, held_out)
+    device = resolve_device(params.train.device)
+    tp = params.train
+    test_index = np.flatnonzero(trials.subjects == held_out)
+    if len(test_index) == 0:
+        raise ValueError(f"cv.subjects: subject {held_out} is not in the feature table")
+    train_subjects = sorted(set(trials.subjects[trials.subjects != held_out].tolist()))
+    validation = validation_subjects(train_subjects, tp.validation_subjects, tp.seed, held_out)
+    inner = [s for s in train_subjects if s not in validation]
+    model, curves, chosen = fit(trials, inner, params, rng, device, tp.epochs, validation,
+                                desc=f"fold {held_out}", on_epoch=on_epoch)
+    fit_subjects = inner
+    if validation and tp.refit:   # the same recipe on every training subject, for the chosen epochs
+        model, _, _ = fit(trials, train_subjects, params, rng, device, chosen, desc=f"fold {held_out} refit")
+        fit_subjects = train_subjects
+    predictions = predict_windows(model, trials, test_index, params.cv.protocol, params.cv.crop_windows, device)
+    selection = {"chosen_epoch": chosen, "epochs_run": len(curves), "validation_subjects": validation,
+                 "refit": bool(validation and tp.refit)}
+    return FoldResult(model, pd.DataFrame(curves), predictions, fit_subjects, selection)

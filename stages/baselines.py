@@ -4,8 +4,6 @@
     python -m stages.baselines FEATURES BASELINES_JSON PER_SUBJECT_JSON
 """
 
-import argparse
-
 from tqdm import tqdm
 
 from pipeline.baselines import BASELINES, run_baseline
@@ -13,13 +11,10 @@ from pipeline.evaluate import flat_metrics, subject_metrics, summarize
 from pipeline.features import read_table
 from pipeline.files import write_json
 from pipeline.tracking import Tracker
-from stages.common import params, user_errors
+from stages.common import params, paths, user_errors
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name in ("features", "baselines", "per_subject"):
-        parser.add_argument(name)
-    args = parser.parse_args()
+    args = paths(__doc__, "features", "baselines", "per_subject")
     p = params()
     with user_errors():
         tracker = Tracker(p.mlflow.experiment)
@@ -33,7 +28,7 @@ if __name__ == "__main__":
     write_json(args.baselines, summaries)
     write_json(args.per_subject, per_subject)
 
-    flat = {k: v for name, s in summaries.items() for k, v in flat_metrics(s, f"baseline.{name}.").items()}
+    flat = {k: v for name, s in summaries.items() for k, v in flat_metrics(s, f"baseline/{name}/").items()}
     parent = tracker.parent(p.flat())
     with tracker.stage_run(parent, "baselines", "baselines") as run_id:
         tracker.log_metrics(run_id, flat)

@@ -4,8 +4,6 @@ the summary goes to the execution's MLflow parent run too.
     python -m stages.evaluate PREDICTIONS METRICS PER_SUBJECT CONFUSION_CSV PER_SUBJECT_CSV
 """
 
-import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -13,13 +11,10 @@ from pipeline.evaluate import evaluate, flat_metrics, trial_predictions
 from pipeline.files import atomic_path, write_json
 from pipeline.seedv import EMOTIONS
 from pipeline.tracking import Tracker
-from stages.common import params, user_errors
+from stages.common import params, paths, user_errors
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name in ("predictions", "metrics", "per_subject", "confusion", "per_subject_csv"):
-        parser.add_argument(name, type=Path)
-    args = parser.parse_args()
+    args = paths(__doc__, "predictions", "metrics", "per_subject", "confusion", "per_subject_csv")
     p = params()
     with user_errors():
         tracker = Tracker(p.mlflow.experiment)
@@ -44,8 +39,5 @@ if __name__ == "__main__":
         tracker.log_metrics(run_id, flat)
         tracker.log_artifacts(run_id, [args.metrics, args.per_subject])
     tracker.log_metrics(parent, flat)
-    if p.mlflow.register_best:
-        version = tracker.register_best_fold(parent, p.mlflow.experiment)
-        print(f"registered {version.name} version {version.version}" if version else "no fold run to register")
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"over {summary['n_folds']} held-out subjects")

@@ -3,19 +3,15 @@
     python -m stages.ingest OUT_PARQUET
 """
 
-import argparse
-
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.features import recording_to_frame, write_table
 from pipeline.seedv import read_subject
-from stages.common import params, user_errors
+from stages.common import params, paths, user_errors
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out")
-    args = parser.parse_args()
+    args = paths(__doc__, "out")
     p = params()
     frames = []
     with user_errors():

@@ -3,16 +3,11 @@
     python -m stages.normalize IN_PARQUET OUT_PARQUET
 """
 
-import argparse
-
 from pipeline.features import normalize, read_table, write_table
-from stages.common import params
+from stages.common import params, paths
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("features")
-    parser.add_argument("out")
-    args = parser.parse_args()
+    args = paths(__doc__, "features", "out")
     p = params()
     write_table(normalize(read_table(args.features), p.normalize.scope), args.out)
     print(f"normalized ({p.normalize.scope}) -> {args.out}")

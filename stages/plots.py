@@ -3,9 +3,7 @@
     python -m stages.plots FEATURES MODELS PREDICTIONS METRICS_DIR OUT_DIR
 """
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,13 +16,10 @@ from pipeline.model import load_checkpoint
 from pipeline.rebuild import pipeline_metrics
 from pipeline.sequences import Trials
 from pipeline.tracking import Tracker
-from stages.common import params, user_errors
+from stages.common import params, paths, user_errors
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name in ("features", "models", "predictions", "metrics", "out"):
-        parser.add_argument(name, type=Path)
-    args = parser.parse_args()
+    args = paths(__doc__, "features", "models", "predictions", "metrics", "out")
     p = params()
     with user_errors():
         tracker = Tracker(p.mlflow.experiment)

@@ -3,17 +3,12 @@
     python -m stages.synthesize OUT_DIR
 """
 
-import argparse
-from pathlib import Path
-
 from pipeline.files import atomic_path
 from pipeline.synthetic import write_dataset
-from stages.common import params
+from stages.common import params, paths
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path)
-    args = parser.parse_args()
+    args = paths(__doc__, "out")
     p = params()
     with atomic_path(args.out) as tmp:
         write_dataset(tmp, seed=p.synthetic.seed, n_subjects=p.synthetic.subjects)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.evaluate import flat_metrics, summarize
+from pipeline.evaluate import flat_metrics, headline, summarize
 from pipeline.features import read_table
 from pipeline.files import atomic_path, atomic_paths, write_json
 from pipeline.folds import FoldFailed, FoldOutput, TrackingContext, run_folds, train_one
@@ -26,7 +26,7 @@ from pipeline.model import save_checkpoint
 from pipeline.sequences import Trials
 from pipeline.tracking import Tracker
 from pipeline.train import resolve_device
-from stages.common import params, user_errors
+from stages.common import params, paths, user_errors
 
 
 def write_fold(output: FoldOutput, p, models: Path, predictions: Path, folds: Path, curves: Path) -> None:
@@ -37,15 +37,13 @@ def write_fold(output: FoldOutput, p, models: Path, predictions: Path, folds: Pa
         result.predictions.to_parquet(tmp, index=False)
     with atomic_path(curves / f"{s}.csv") as tmp:
         result.curves.assign(fold=s).to_csv(tmp, index=False)
-    write_json(folds / f"{s}.json", output.metrics)
+    write_json(folds / f"{s}.json", {**output.metrics, "selection": result.selection})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name in ("features", "models", "predictions", "fold_metrics", "curves"):
-        parser.add_argument(name, type=Path)
     parser.add_argument("--fold", type=int, help="train only this held-out subject, in this process")
-    args = parser.parse_args()
+    args = paths(__doc__, "features", "models", "predictions", "fold_metrics", "curves", parser=parser)
     p = params()
     with user_errors():
         device = resolve_device(p.train.device)
@@ -56,7 +54,7 @@ def main() -> None:
     trials = Trials.from_frame(read_table(args.features))
     parent = tracker.parent(p.flat())
     tracker.set_tags(parent, {"device": str(device)})
-    tracking = TrackingContext(p.mlflow.experiment, tracker.uri, tracker.execution, parent)
+    tracking = TrackingContext(p.mlflow.experiment, tracker.uri, tracker.execution, parent, tracker.provenance())
     outputs = (args.models, args.predictions, args.fold_metrics, args.curves)
 
     if args.fold is not None:
@@ -85,6 +83,7 @@ def main() -> None:
             raise SystemExit(1) from None
     summary = summarize(dict(sorted(per_subject.items())))
     tracker.log_metrics(parent, flat_metrics(summary))
+    tracker.describe(parent, headline(summary, synthetic=p.data.raw_dir == "data/raw/synthetic"))
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"over {summary['n_folds']} held-out subjects", flush=True)
 

@@ -86,7 +86,7 @@ def project(tmp_path):
             self.set_params("data", subjects=[1, 2, 3])
             self.set_params("cv", subjects=[1, 2])
             self.set_params("model", d_model=16, heads=2, layers=1, d_ff=32)
-            self.set_params("train", epochs=2, crops_per_trial=1)
+            self.set_params("train", epochs=2, crops_per_trial=1, validation_subjects=1)
             self.commit("tiny")
 
     p = Project()

@@ -44,7 +44,7 @@ def assert_complete(uri, n_parents):
                     if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
         assert {"fold 1", "fold 2", "evaluate", "plots"} <= set(children), children
         assert set(children.values()) == {"FINISHED"} and parent.info.status == "FINISHED"
-        assert "trial.accuracy_mean" in parent.data.metrics
+        assert "trial/accuracy_mean" in parent.data.metrics
     return parents
 
 

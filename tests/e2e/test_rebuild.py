@@ -35,8 +35,8 @@ def test_parents_children_and_rebuild(project, tmp_path):
                     "version.python", "version.numpy", "version.dvc", "version.mlflow", "device"):
             assert isinstance(parent[f"tags.{key}"], str) and parent[f"tags.{key}"], key
         assert parent["params.model.d_model"] == "16"
-        assert 0 <= parent["metrics.trial.accuracy_mean"] <= 1
-        assert "metrics.baseline.length-only.trial.accuracy_mean" in parent.index
+        assert 0 <= parent["metrics.trial/accuracy_mean"] <= 1
+        assert "metrics.baseline/length-only/trial/accuracy_mean" in parent.index
     experiment_parent = parents[parents["tags.dvc.experiment"].notna()].iloc[0]
     assert experiment_parent["params.model.heads"] == "4"
     folds = table[(table["tags.pipeline.role"] == "fold")]
@@ -47,14 +47,14 @@ def test_parents_children_and_rebuild(project, tmp_path):
     # Rebuild the first execution exactly.
     ok = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "rebuilt bit-identically" in ok.stdout and "trial.accuracy_mean" in ok.stdout
+    assert "rebuilt bit-identically" in ok.stdout and "trial/accuracy_mean" in ok.stdout
 
     # Tampering with a logged metric makes it fail loudly.
     client = mlflow.MlflowClient(uri)
-    client.log_metric(first, "trial.accuracy_mean", 0.123456)
+    client.log_metric(first, "trial/accuracy_mean", 0.123456)
     bad = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
     assert bad.returncode == 1 and "MISMATCH" in bad.stdout
-    assert any("trial.accuracy_mean" in line and line.endswith("NO") for line in bad.stdout.splitlines())
+    assert any("trial/accuracy_mean" in line and line.endswith("NO") for line in bad.stdout.splitlines())
 
     # Could not rebuild: exit 2 and one line. A bogus id; a params.yaml artifact edited after the run.
     bogus = project.run(sys.executable, "-m", "pipeline.rebuild", "0" * 32, check=False)

@@ -102,7 +102,7 @@ def tiny_trials():
 def tiny_params(**cv):
     return make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1], **cv},
                        model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                       train={"epochs": 2, "batch_size": 16, "device": "cpu"})
+                       train={"epochs": 2, "batch_size": 16, "device": "cpu", "validation_subjects": 0})
 
 
 @pytest.mark.parametrize("protocol", ["crop", "trial"])
@@ -121,3 +121,35 @@ def test_long_crops_tile_short_trials(tiny_trials):
     """A crop longer than the shortest trial (13 windows) still gives every window a prediction."""
     result = train_fold(tiny_trials, 1, tiny_params(crop_windows=20))
     assert len(result.predictions) == WINDOWS_PER_SUBJECT and result.predictions.notna().all().all()
+
+
+def test_the_held_out_labels_change_nothing_the_model_learns(tiny_trials):
+    """Nested LOSO: permuting the held-out subject's labels leaves every trained weight and the chosen
+    epoch unchanged (only the score of the predictions can change)."""
+    params = make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
+                         model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
+                         train={"epochs": 3, "batch_size": 16, "device": "cpu", "validation_subjects": 1,
+                                "patience": 2})
+    a = train_fold(tiny_trials, 1, params)
+    shuffled = dataclasses.replace(tiny_trials, labels=tiny_trials.labels.copy())
+    held_out = np.flatnonzero(shuffled.subjects == 1)
+    shuffled.labels[held_out] = np.random.default_rng(0).permutation(shuffled.labels[held_out])
+    b = train_fold(shuffled, 1, params)
+    assert a.selection == b.selection and a.selection["validation_subjects"] in ([2], [3])
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    prob = [f"p_{c}" for c in range(5)]
+    pd.testing.assert_frame_equal(a.predictions[prob], b.predictions[prob], check_exact=True)
+
+
+def test_inner_validation_chooses_an_epoch_and_refit_trains_on_all(tiny_trials):
+    base = dict(epochs=4, batch_size=16, device="cpu", validation_subjects=1, patience=0)
+    small = {"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32}
+    chosen = train_fold(tiny_trials, 1, make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
+                                                    model=small, train=base))
+    assert 1 <= chosen.selection["chosen_epoch"] <= 4 and len(chosen.curves) == 4
+    assert chosen.curves["val_loss"].notna().all()
+    assert chosen.train_subjects == [s for s in (2, 3) if s not in chosen.selection["validation_subjects"]]
+    refit = train_fold(tiny_trials, 1, make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
+                                                   model=small, train={**base, "refit": True}))
+    assert refit.selection["refit"] and refit.train_subjects == [2, 3]

@@ -67,8 +67,7 @@ def test_retry_backs_off_on_locked_store():
         mlflow_store.retry(lambda: (_ for _ in ()).throw(ValueError("not transient")))
 
 
-def test_register_best_fold(tmp_path, monkeypatch):
-
+def test_register_gives_the_model_an_alias_it_loads_by(tmp_path, monkeypatch):
     from pipeline.model import CrossModalTransformer, PackedInput, serving_example
     from tests.conftest import SMALL_MODEL
 
@@ -78,16 +77,14 @@ def test_register_best_fold(tmp_path, monkeypatch):
     parent = tracker.parent({"a": 1})
     model = PackedInput(CrossModalTransformer(dataclasses.replace(SMALL_MODEL, d_model=8, d_ff=8), n_subjects=2).eval())
     example = serving_example(2, 4)
-    fold_runs = {}
-    for name, accuracy in (("fold 1", 0.5), ("fold 2", 0.8), ("fold 3", 0.6)):
-        with tracker.stage_run(parent, "fold", name) as run_id:
-            tracker.log_metrics(run_id, {"trial.accuracy": accuracy})
-            tracker.log_model(run_id, model, example)
-            fold_runs[name] = run_id
-    version = tracker.register_best_fold(parent, "t-model")
-    assert version.name == "t-model" and version.run_id == fold_runs["fold 2"]
-    loaded = mlflow.pyfunc.load_model(f"models:/t-model/{version.version}")
+    with tracker.stage_run(parent, "final", "final") as run_id:
+        tracker.log_model(run_id, model, example, name="final")
+        version = tracker.register(run_id, "t-model", "candidate")
+    assert version.name == "t-model" and version.run_id == run_id
+    loaded = mlflow.pyfunc.load_model("models:/t-model@candidate")
     assert loaded.predict(example).shape == (2, 5)
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_retried_create_run_leaves_no_duplicate(tmp_path):
