@@ -81,6 +81,7 @@ class Train:
     device: str
     validation_subjects: int   # inner-validation subjects per fold (0: no model selection, last epoch)
     patience: int              # early stopping: epochs without inner-validation improvement (0: never)
+    select_by: str             # f1 | loss: the inner-validation score that chooses the epoch
     refit: bool                # retrain on all training subjects for the chosen epochs
 
 
@@ -128,7 +129,7 @@ RANGES = {
 }
 CHOICES = {
     "data.nan_policy": ("error", "impute"), "normalize.scope": ("subject", "session", "none"),
-    "cv.protocol": ("crop", "trial"), "train.device": ("auto", "cpu", "cuda"),
+    "cv.protocol": ("crop", "trial"), "train.device": ("auto", "cpu", "cuda"), "train.select_by": ("f1", "loss"),
 }
 # data.raw_dir is a dependency path in dvc.yaml: plain path characters only, no newline or shell syntax.
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./-][A-Za-z0-9_./ -]{0,511}")

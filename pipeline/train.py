@@ -3,7 +3,8 @@ only, then prediction of the held-out subject (protocols and inference: :mod:`pi
 
 Model selection (nested LOSO): with ``train.validation_subjects`` = k > 0, k of the fold's *training*
 subjects (drawn from the fold's seed; never the held-out one) are held back as inner validation; the model
-trains on the rest and the epoch with the best inner-validation trial-level loss is chosen (early
+trains on the rest and the epoch with the best inner-validation trial-level score (``train.select_by``:
+macro-F1, ties broken by the loss, or the loss) is chosen (early
 stopping after ``train.patience`` epochs without improvement; 0: train every epoch). Then either that
 checkpoint is tested, or (``train.refit``) a model is retrained on all training subjects for the chosen
 number of epochs. The held-out subject is used for nothing but the final predictions.
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .evaluate import LOG_PROBABILITY_COLUMNS, trial_predictions
+from .evaluate import LOG_PROBABILITY_COLUMNS, subject_metrics, trial_predictions
 from .model import CrossModalTransformer, grl_alpha
 from .params import Params, ParamsError
 from .sequences import Batcher, Trials, autocast, predict_windows, sequences
@@ -63,12 +64,19 @@ def validation_subjects(train_subjects: list[int], k: int, seed: int, held_out: 
 
 
 def validation_scores(predictions: pd.DataFrame) -> dict[str, float]:
-    """Trial-level loss (NLL of the softmax of each trial's mean window log-probability) and accuracy."""
+    """Trial-level loss (NLL of the softmax of each trial's mean window log-probability), accuracy and
+    macro-F1 of inner-validation predictions."""
     trials = trial_predictions(predictions)
     log_p = trials[LOG_PROBABILITY_COLUMNS].to_numpy()
     log_p = log_p - np.logaddexp.reduce(log_p, axis=1, keepdims=True)
+    scores = subject_metrics(predictions)["trial"]
     return {"val_loss": float(-log_p[np.arange(len(trials)), trials["label"].to_numpy()].mean()),
-            "val_accuracy": float((trials["predicted"] == trials["label"]).mean())}
+            "val_accuracy": scores["accuracy"], "val_f1": scores["f1_macro"]}
+
+
+def selection_key(row: dict, select_by: str) -> tuple[float, float]:
+    """Smaller is better: the inner-validation loss, or the macro-F1 (ties broken by the loss)."""
+    return (row["val_loss"], 0.0) if select_by == "loss" else (-row["val_f1"], row["val_loss"])
 
 
 def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Generator, device: torch.device,
@@ -93,7 +101,7 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
     batch_of = Batcher(trials, train_index, device)
     loss_fn = nn.CrossEntropyLoss()
 
-    curves, step, best = [], 0, (math.inf, 0, None)   # (val loss, epoch, weights)
+    curves, step, best = [], 0, ((math.inf, math.inf), 0, None)   # (selection key, epoch, weights)
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None)
     for epoch in bar:
         model.train()
@@ -125,12 +133,12 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
         row = {"epoch": epoch, "loss": sums["loss"] / len(order), "class_loss": sums["class_loss"] / len(order),
                "domain_loss": sums["domain_loss"] / len(order), "train_accuracy": sums["correct"] / len(order),
                "lr": scheduler.get_last_lr()[0], "grl_alpha": sums["alpha"],
-               "val_loss": math.nan, "val_accuracy": math.nan}
+               "val_loss": math.nan, "val_accuracy": math.nan, "val_f1": math.nan}
         if len(validation_index):
             row.update(validation_scores(predict_windows(model, trials, validation_index, cv.protocol,
                                                          cv.crop_windows, device)))
-            if row["val_loss"] < best[0]:
-                best = (row["val_loss"], epoch, copy.deepcopy(model.state_dict()))
+            if selection_key(row, tp.select_by) < best[0]:
+                best = (selection_key(row, tp.select_by), epoch, copy.deepcopy(model.state_dict()))
         curves.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.2f}")
         if on_epoch:
