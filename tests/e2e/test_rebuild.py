@@ -28,7 +28,8 @@ def test_parents_children_and_rebuild(project, tmp_path):
     for _, parent in parents.iterrows():
         children = table[table["tags.mlflow.parentRunId"] == parent.run_id]
         # baselines do not depend on model params: DVC reruns them only in the first execution.
-        expected = {"evaluate", "fold 1", "fold 2", "plots"} | ({"baselines"} if parent.run_id == first else set())
+        expected = ({"evaluate", "fold 1", "fold 2", "final", "plots"}
+                    | ({"baselines"} if parent.run_id == first else set()))
         assert set(children["tags.mlflow.runName"]) == expected
         assert (children["status"] == "FINISHED").all() and parent.status == "FINISHED"
         for key in ("git.commit", "git.dirty", "data.raw_md5", "data.processed_md5", "version.torch",
@@ -42,7 +43,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
     folds = table[(table["tags.pipeline.role"] == "fold")]
     assert folds["metrics.train_accuracy"].notna().all()
     model_ids = mlflow.search_logged_models(experiment_ids=[parents.iloc[0].experiment_id], output_format="list")
-    assert len(model_ids) == 4
+    assert sorted(m.name for m in model_ids) == ["final", "final", "fold-1", "fold-1", "fold-2", "fold-2"]
 
     # Rebuild the first execution exactly.
     ok = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)

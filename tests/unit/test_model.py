@@ -143,7 +143,7 @@ def test_the_held_out_labels_change_nothing_the_model_learns(tiny_trials):
 
 
 def test_inner_validation_chooses_an_epoch_and_refit_trains_on_all(tiny_trials):
-    base = dict(epochs=4, batch_size=16, device="cpu", validation_subjects=1, patience=0)
+    base = dict(epochs=4, batch_size=16, device="cpu", validation_subjects=1, patience=0, refit=False)
     small = {"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32}
     chosen = train_fold(tiny_trials, 1, make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
                                                     model=small, train=base))
