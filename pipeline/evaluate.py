@@ -73,22 +73,3 @@ def confusion(predictions: pd.DataFrame, normalize: str | None = None) -> np.nda
     trials = trial_predictions(predictions)
     return confusion_matrix(trials["label"], trials["predicted"], labels=CLASSES, normalize=normalize)
 
-
-def headline(summary: dict, synthetic: bool) -> str:
-    """One paragraph for a run's description: the headline numbers, and what data they are on."""
-    t, w = summary["trial"], summary["window"]
-    text = (f"Trial accuracy {100 * t['accuracy_mean']:.1f} ± {100 * t['accuracy_std']:.1f} % (macro-F1 "
-            f"{100 * t['f1_macro_mean']:.1f} %), window accuracy {100 * w['accuracy_mean']:.1f} %, over "
-            f"{summary['n_folds']} held-out subjects (leave-one-subject-out).")
-    if synthetic:
-        text += (" Data: the embedded synthetic SEED-V (pipeline/synthetic.py), not real recordings; these "
-                 "numbers say nothing about real EEG.")
-    return text
-
-
-def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
-    """``{"trial": {"accuracy_mean": x}}`` -> ``{prefix + "trial/accuracy_mean": x}``, as logged to MLflow:
-    one namespace for folds (``trial/accuracy``) and parents (``trial/accuracy_mean``), ``baseline/<name>/``
-    for the baselines, so the UI groups them."""
-    return {f"{prefix}{level}/{key}": value for level, values in summary.items() if isinstance(values, dict)
-            for key, value in values.items()}

@@ -1,9 +1,8 @@
 """Every LOSO fold of a study as a Ray task: in parallel on this machine, or on a Ray cluster.
 
-The driver loads the trials once and puts them in Ray's object store; each task trains one fold (with
-its own MLflow child run, nested under the parent run id the driver passes down, per-epoch metrics
-streamed from the worker) and returns the fold's results; the driver writes every file, so workers need
-no shared filesystem.
+The driver loads the trials once and puts them in Ray's object store; each task trains one fold and
+returns its results; the driver writes every file, so workers need no shared filesystem. Nothing here
+talks to MLflow: the ``track`` stage logs the written folds afterwards.
 
 - Where: with ``RAY_ADDRESS`` set (Ray's own convention) it joins that cluster and ships the project code
   as a ``runtime_env`` working dir; otherwise it starts a local Ray sized to the machine (no dashboard,
@@ -13,7 +12,7 @@ no shared filesystem.
 - Results do not depend on parallelism: a fold's seed, data and thread count are fixed by the params,
   whichever worker runs it and whatever runs beside it; :func:`train_one` outside Ray gives the same bits.
 - Faults: a worker process that dies mid-fold is retried by Ray (the fold restarts from its seed); a fold
-  that raises stops the study at once, the other folds are cancelled and their runs marked KILLED.
+  that raises stops the study at once and the other folds are cancelled.
 """
 
 from __future__ import annotations
@@ -27,26 +26,13 @@ from typing import Callable
 import torch
 
 from .evaluate import subject_metrics
-from .model import PackedInput, serving_example
 from .params import Params
 from .sequences import Trials
-from .tracking import Tracker
 from .train import FoldResult, train_fold
 
 RETRIES = 3              # attempts after a worker process dies (not after an exception in the fold)
 RUNTIME_EXCLUDES = [".git", ".venv", ".dvc/cache", ".dvc/tmp", "data", "mlruns", "mlartifacts", "mlflow.db*",
                     "plots", "metrics", "*.pyc"]
-
-
-@dataclass
-class TrackingContext:
-    """What a worker needs to log into its driver's MLflow execution."""
-
-    experiment: str
-    uri: str
-    execution: str
-    parent: str
-    tags: dict          # git and data provenance, read by the driver (a worker may have no git checkout)
 
 
 @dataclass
@@ -61,29 +47,13 @@ class FoldFailed(RuntimeError):
     """A fold raised: the message is one line naming the fold and its error."""
 
 
-def train_one(trials: Trials, held_out: int, params: Params, tracking: TrackingContext | None) -> FoldOutput:
-    """Train and test one fold with ``compute.threads_per_fold`` torch threads, logging it as a child run
-    of ``tracking.parent`` (when given)."""
+def train_one(trials: Trials, held_out: int, params: Params) -> FoldOutput:
+    """Train and test one fold with ``compute.threads_per_fold`` torch threads."""
     start = time.monotonic()
     torch.set_num_threads(params.compute.threads_per_fold)
-    if tracking is None:
-        result = train_fold(trials, held_out, params)
-        result.model = result.model.cpu().eval()
-        return FoldOutput(held_out, result, subject_metrics(result.predictions), time.monotonic() - start)
-    tracker = Tracker(tracking.experiment, tracking.uri, tracking.execution)
-    with tracker.stage_run(tracking.parent, "fold", f"fold {held_out}", {**params.flat(), "fold": held_out},
-                           tags=tracking.tags) as run:
-        result = train_fold(trials, held_out, params,
-                            on_epoch=lambda row: tracker.log_metrics(
-                                run, {k: v for k, v in row.items() if k != "epoch" and v == v}, step=int(row["epoch"])))
-        result.model = result.model.cpu().eval()
-        metrics = subject_metrics(result.predictions)
-        tracker.log_metrics(run, {f"{level}/{k}": v for level, m in metrics.items() for k, v in m.items()})
-        tracker.log_metrics(run, {"selection/chosen_epoch": result.selection["chosen_epoch"]})
-        # batch 2 in the example: the signature is not specialized to a batch of one
-        tracker.log_model(run, PackedInput(result.model), serving_example(2, params.cv.crop_windows),
-                          name=f"fold-{held_out}")
-    return FoldOutput(held_out, result, metrics, time.monotonic() - start)
+    result = train_fold(trials, held_out, params)
+    result.model = result.model.cpu().eval()
+    return FoldOutput(held_out, result, subject_metrics(result.predictions), time.monotonic() - start)
 
 
 def _start_ray(root: Path) -> bool:
@@ -100,8 +70,8 @@ def _start_ray(root: Path) -> bool:
     return True
 
 
-def run_folds(trials: Trials, params: Params, folds: list[int], tracking: TrackingContext | None,
-              on_done: Callable[[FoldOutput, int], None], root: Path = Path(".")) -> None:
+def run_folds(trials: Trials, params: Params, folds: list[int], on_done: Callable[[FoldOutput, int], None],
+              root: Path = Path(".")) -> None:
     """Train ``folds`` as Ray tasks; call ``on_done(output, n_done)`` in the driver as each finishes."""
     import ray
 
@@ -111,7 +81,7 @@ def run_folds(trials: Trials, params: Params, folds: list[int], tracking: Tracki
         task = ray.remote(train_one).options(num_cpus=params.compute.threads_per_fold, num_gpus=gpus,
                                              max_retries=RETRIES, retry_exceptions=False)
         trials_ref = ray.put(trials)
-        pending = {task.remote(trials_ref, s, params, tracking): s for s in folds}
+        pending = {task.remote(trials_ref, s, params): s for s in folds}
         done = 0
         try:
             while pending:
@@ -128,20 +98,7 @@ def run_folds(trials: Trials, params: Params, folds: list[int], tracking: Tracki
         finally:
             for ref in pending:          # a failure or Ctrl-C: stop the others now
                 ray.cancel(ref, force=True)
-            if pending and tracking is not None:
-                _close_killed_runs(tracking, list(pending.values()))
     finally:
         if started:
             ray.shutdown()
 
-
-def _close_killed_runs(tracking: TrackingContext, folds: list[int], wait: float = 10.0) -> None:
-    """Mark the cancelled folds' runs KILLED once their worker processes are gone."""
-    tracker = Tracker(tracking.experiment, tracking.uri, tracking.execution)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        tracker.close_stale()
-        query = (f"tags.`mlflow.parentRunId` = '{tracking.parent}' and attributes.status = 'RUNNING'")
-        if not tracker.client.search_runs([tracker.experiment_id], query, max_results=1):
-            return
-        time.sleep(0.5)

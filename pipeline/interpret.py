@@ -1,8 +1,9 @@
 """Interpretability: extract attention and feature-importance from fold models, and draw the figures.
 
 Extraction runs each fold model over its held-out subject's sequences (sliding crops, or whole trials,
-as in testing: :func:`pipeline.sequences.run_sequences`) and keeps, per sequence, the FIM gate weights and the cross-modal attention
-maps. Positions are binned to ``bins`` relative positions so trials of different length can be averaged.
+as in testing: :func:`pipeline.sequences.run_sequences`) and keeps, per sequence, the FIM gate weights
+and the cross-modal attention maps. Positions are binned to ``bins`` relative positions so trials of
+different length can be averaged.
 Every figure is titled, has labelled axes, and names classes in label order (disgust .. happy).
 """
 

@@ -15,7 +15,6 @@ rebuild (unknown run, missing artifact, uncommitted code, a stage failed), with 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -24,9 +23,8 @@ import tempfile
 from pathlib import Path
 
 from . import params
-from .evaluate import flat_metrics
 from .mlflow_store import TrackingStoreError, check_store, repo_root, retry, tracking_uri
-from .tracking import ROLE_TAG
+from .tracking import ROLE_TAG, pipeline_metrics
 
 
 TOLERANCE = 0.005   # half a point of accuracy/F1: what another CPU type can move (see README)
@@ -42,16 +40,6 @@ def _run(args, cwd, env=None):
         last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
         raise RebuildError(f"{' '.join(map(str, args))} failed: {last}")
     return result.stdout
-
-
-def pipeline_metrics(workdir: Path) -> dict[str, float]:
-    """The final metrics of a finished pipeline in ``workdir`` (metrics.json and baselines.json),
-    flattened as they are logged to the MLflow parent run."""
-    metrics = flat_metrics(json.loads((workdir / "metrics/metrics.json").read_text()))
-    baselines = json.loads((workdir / "metrics/baselines.json").read_text())
-    for name, summary in baselines.items():
-        metrics.update(flat_metrics(summary, f"baseline/{name}/"))
-    return metrics
 
 
 def _parent_run(client, run_id: str):
@@ -112,7 +100,7 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
     if tags.get("git.dirty") != "false" or "git.commit" not in tags:
         raise RebuildError(f"run {run.info.run_id} was made from uncommitted code; its code is not in git")
     if not logged:
-        raise RebuildError(f"run {run.info.run_id} has no metrics to compare (did evaluate run?)")
+        raise RebuildError(f"run {run.info.run_id} has no metrics to compare")
 
     scratch = Path(tempfile.mkdtemp(prefix="rebuild-"))
     source = scratch / "src"
@@ -120,14 +108,14 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
         params_file = _logged_params_file(client, run, scratch)
         _run(["git", "worktree", "add", "--detach", str(source), tags["git.commit"]], cwd=root)
         shutil.copy(params_file, source / "params.yaml")
-        env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "PIPELINE_EXECUTION")}
+        env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'rebuild.db'}"
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         # Share the original cache so DVC-tracked inputs (a `dvc add`ed SEED-V) can be checked out.
         _run(["dvc", "config", "--local", "cache.dir", str(root / ".dvc" / "cache")], cwd=source, env=env)
         subprocess.run(["dvc", "checkout", "--quiet"], cwd=source, env=env, capture_output=True)
         _run(["dvc", "repro", "--force"], cwd=source, env=env)
-        rebuilt = pipeline_metrics(source)
+        rebuilt = pipeline_metrics(source / "metrics")
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=root, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)

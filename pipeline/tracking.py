@@ -1,37 +1,75 @@
-"""The MLflow run lifecycle: one parent run per pipeline execution, one child run per stage (or fold).
+"""MLflow runs: created, logged into and ended by the ``track`` stage, the only code that talks to MLflow.
 
-A parent is found or created by its execution id (:mod:`pipeline.execution`); it is RUNNING only while
-one of its stages runs and ends FINISHED, or FAILED if its last stage failed. A stage run ends FINISHED,
-FAILED on an error, or KILLED on Ctrl-C/SIGTERM; one left RUNNING by a SIGKILLed process is closed by
-the next stage that starts. Nothing here is written into DVC-tracked outputs (run ids would break DVC's
+Nothing here can change a result: no other stage imports this module, so editing how runs are logged
+reruns ``track`` and nothing else. A run ends FINISHED, FAILED on an error, or KILLED on Ctrl-C/SIGTERM;
+one left RUNNING by a SIGKILLed process (its ``pipeline.*`` process tags name a dead pid) is closed by
+the next run that starts. Nothing here is written into DVC-tracked outputs (run ids would break DVC's
 caching).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .execution import alive, data_hashes, environment_tags, execution_id, git_state, process_tags, run_label
-from .mlflow_store import TrackingStoreError, check_store, create_run_once, retry, store_lock, tracking_uri
+from .mlflow_store import check_store, create_run_once, retry, store_lock, tracking_uri
+from .provenance import alive, data_hashes, environment_tags, git_state, process_tags, run_label
 
-EXECUTION_TAG = "pipeline.execution"
 # Opens the experiment in MLflow 3's model-training view, not its GenAI one (value from the pinned UI).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-ROLE_TAG = "pipeline.role"  # parent | fold | baselines | evaluate | plots
+ROLE_TAG = "pipeline.role"  # parent | fold | final
+BATCH = 1000                # MLflow's limit of metrics per log_batch call
 
-__all__ = ["Tracker", "TrackingStoreError", "EXECUTION_TAG", "ROLE_TAG"]
+
+def provenance() -> dict[str, str]:
+    """git, data, software-version and DVC-experiment tags, put on the parent and on every child run."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return {**git_state(Path.cwd()), **data_hashes(), **environment_tags(),
+            **({"dvc.experiment": experiment} if experiment else {})}
+
+
+def parent_name(params_flat: dict, commit: str) -> str:
+    """The DVC experiment's name under ``dvc exp run``; else short commit + changed params."""
+    return os.environ.get("DVC_EXP_NAME") or run_label(commit, params_flat)
+
+
+def headline(summary: dict, synthetic: bool) -> str:
+    """One paragraph for a run's description: the headline numbers, and what data they are on."""
+    t, w = summary["trial"], summary["window"]
+    text = (f"Trial accuracy {100 * t['accuracy_mean']:.1f} ± {100 * t['accuracy_std']:.1f} % (macro-F1 "
+            f"{100 * t['f1_macro_mean']:.1f} %), window accuracy {100 * w['accuracy_mean']:.1f} %, over "
+            f"{summary['n_folds']} held-out subjects (leave-one-subject-out).")
+    if synthetic:
+        text += (" Data: the embedded synthetic SEED-V (pipeline/synthetic.py), not real recordings; these "
+                 "numbers say nothing about real EEG.")
+    return text
+
+
+def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
+    """``{"trial": {"accuracy_mean": x}}`` -> ``{prefix + "trial/accuracy_mean": x}``, as logged to MLflow:
+    one namespace for folds (``trial/accuracy``) and parents (``trial/accuracy_mean``), ``baseline/<name>/``
+    for the baselines, so the UI groups them."""
+    return {f"{prefix}{level}/{key}": value for level, values in summary.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def pipeline_metrics(metrics_dir: Path) -> dict[str, float]:
+    """A finished pipeline's final metrics (``metrics.json`` and ``baselines.json``), flattened as they are
+    logged to the parent run."""
+    metrics = flat_metrics(json.loads((metrics_dir / "metrics.json").read_text()))
+    for name, summary in json.loads((metrics_dir / "baselines.json").read_text()).items():
+        metrics.update(flat_metrics(summary, f"baseline/{name}/"))
+    return metrics
 
 
 class Tracker:
-    """One stage's view of the MLflow store: its execution's parent run and its own child run."""
+    """One MLflow experiment in the store of this process (``MLFLOW_TRACKING_URI``, else ``mlflow.db``)."""
 
-    def __init__(self, experiment: str, uri: str | None = None, execution: str | None = None):
-        """``uri`` and ``execution`` default to this process's (see :mod:`pipeline.mlflow_store` and
-        :mod:`pipeline.execution`); a fold worker on another machine is given its driver's."""
+    def __init__(self, experiment: str, uri: str | None = None):
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)   # no "Creating initial tables" chatter
@@ -42,7 +80,6 @@ class Tracker:
             check_store(uri)
             self.client = mlflow.MlflowClient(uri)
             self.experiment_id = self._experiment(experiment)
-        self.execution = execution or execution_id()
 
     def _experiment(self, name: str) -> str:
         found = retry(self.client.get_experiment_by_name, name)
@@ -55,29 +92,31 @@ class Tracker:
             retry(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
 
-    def parent(self, params_flat: dict, tags: dict[str, str] | None = None) -> str:
-        """The run id of this execution's parent run, created (with params and tags) if missing."""
-        query = f"tags.`{EXECUTION_TAG}` = '{self.execution}' and tags.`{ROLE_TAG}` = 'parent'"
-        runs = retry(self.client.search_runs, [self.experiment_id], query, max_results=1)
-        if runs:
-            return runs[0].info.run_id
-        exp_name = os.environ.get("DVC_EXP_NAME", "")
-        run_tags = {EXECUTION_TAG: self.execution, ROLE_TAG: "parent", **self.provenance(),
-                    **environment_tags(), **({"dvc.experiment": exp_name} if exp_name else {}), **(tags or {})}
-        name = exp_name or run_label(run_tags["git.commit"], params_flat)
-        run = create_run_once(self.client, self.experiment_id, name, run_tags)
+    @contextmanager
+    def run(self, name: str, role: str, params_flat: dict | None = None, tags: dict[str, str] | None = None,
+            parent: str | None = None):
+        """A run (a child of ``parent`` when given) that ends FINISHED, FAILED on an error, or KILLED on
+        Ctrl-C/SIGTERM (the stage turns SIGTERM into ``SystemExit(143)``)."""
+        self.close_stale()
+        run_tags = {ROLE_TAG: role, **(tags or {}), **process_tags()}
+        if parent:
+            run_tags["mlflow.parentRunId"] = parent
+        run_id = create_run_once(self.client, self.experiment_id, name, run_tags).info.run_id
         try:
-            self.log_params(run.info.run_id, params_flat)
-            if Path("params.yaml").is_file():   # the exact file, for pipeline.rebuild
-                retry(self.client.log_artifact, run.info.run_id, "params.yaml")
-        finally:   # a parent is RUNNING only while one of its stages runs (see stage_run)
-            retry(self.client.set_terminated, run.info.run_id, "FINISHED")
-        return run.info.run_id
+            if params_flat:
+                self.log_params(run_id, params_flat)
+            yield run_id
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 143)
+            retry(self.client.set_terminated, run_id, "KILLED" if interrupted else "FAILED")
+            raise
+        retry(self.client.set_terminated, run_id, "FINISHED")
 
-    @staticmethod
-    def provenance() -> dict[str, str]:
-        """git and data tags, put on the parent and on every stage run."""
-        return {**git_state(Path.cwd()), **data_hashes()}
+    def close_stale(self) -> None:
+        """Mark as KILLED every RUNNING run whose process is gone (a SIGKILLed process leaves it RUNNING)."""
+        for run in retry(self.client.search_runs, [self.experiment_id], "attributes.status = 'RUNNING'"):
+            if not alive(run.data.tags):
+                retry(self.client.set_terminated, run.info.run_id, "KILLED")
 
     def describe(self, run_id: str, text: str) -> None:
         """The run's description (the note shown at the top of its page in the UI)."""
@@ -91,47 +130,18 @@ class Tracker:
             retry(self.client.log_batch, run_id, params=items[start:start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_steps(run_id, [(step, metrics)])
+
+    def log_steps(self, run_id: str, steps: list[tuple[int, dict[str, float]]]) -> None:
+        """Metrics at several steps (e.g. one per epoch, the epoch as the step) in few calls."""
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-        retry(self.client.log_batch, run_id, metrics=batch)
+        batch = [Metric(k, float(v), stamp, step) for step, metrics in steps for k, v in metrics.items()]
+        for start in range(0, len(batch), BATCH):
+            retry(self.client.log_batch, run_id, metrics=batch[start:start + BATCH])
 
-    def close_stale(self) -> None:
-        """Mark as KILLED every RUNNING stage run whose process is gone (a SIGKILLed process leaves its
-        run RUNNING), and FAILED the parents left RUNNING by it."""
-        query = f"attributes.status = 'RUNNING' and tags.`{ROLE_TAG}` != 'parent'"
-        for run in retry(self.client.search_runs, [self.experiment_id], query):
-            if not alive(run.data.tags):
-                retry(self.client.set_terminated, run.info.run_id, "KILLED")
-                parent = run.data.tags.get("mlflow.parentRunId")
-                if parent:
-                    retry(self.client.set_terminated, parent, "FAILED")
-
-    @contextmanager
-    def stage_run(self, parent_id: str, role: str, name: str, params_flat: dict | None = None,
-                  tags: dict[str, str] | None = None):
-        """A child run for one stage. It ends FINISHED, FAILED on an error, or KILLED on Ctrl-C/SIGTERM;
-        the parent's status follows the last stage that ran (FINISHED, or FAILED if that stage failed)."""
-        self.close_stale()
-        retry(self.client.update_run, parent_id, status="RUNNING")
-        run = create_run_once(self.client, self.experiment_id, name,
-                              {"mlflow.parentRunId": parent_id, EXECUTION_TAG: self.execution, ROLE_TAG: role,
-                               **(self.provenance() if tags is None else tags), **process_tags()})
-        run_id = run.info.run_id
-        if params_flat:
-            self.log_params(run_id, params_flat)
-        try:
-            yield run_id
-        except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 143)
-            retry(self.client.set_terminated, run_id, "KILLED" if interrupted else "FAILED")
-            retry(self.client.set_terminated, parent_id, "FAILED")
-            raise
-        retry(self.client.set_terminated, run_id, "FINISHED")
-        retry(self.client.set_terminated, parent_id, "FINISHED")
-
-    def log_model(self, run_id: str, model, example, name: str = "model"):
+    def log_model(self, run_id: str, model, example, name: str):
         """Log a torch module with its signature (inferred from a numpy example batch)."""
         import torch
         from mlflow.models import infer_signature
@@ -141,11 +151,7 @@ class Tracker:
         signature = infer_signature(example, output)
         with self.mlflow.start_run(run_id=run_id, nested=True):
             return retry(self.mlflow.pytorch.log_model, model, name=name, signature=signature,
-                  input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            retry(self.client.set_tag, run_id, key, value)
+                         input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def register(self, run_id: str, name: str, alias: str):
         """Register the model logged in ``run_id`` under ``name`` and point ``alias`` at the new version."""
@@ -155,6 +161,6 @@ class Tracker:
         retry(self.client.set_registered_model_alias, name, alias, version.version)
         return version
 
-    def log_artifacts(self, run_id: str, paths) -> None:
+    def log_artifacts(self, run_id: str, paths, folder: str | None = None) -> None:
         for path in paths:
-            retry(self.client.log_artifact, run_id, str(path))
+            retry(self.client.log_artifact, run_id, str(path), folder)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -80,8 +79,7 @@ def selection_key(row: dict, select_by: str) -> tuple[float, float]:
 
 
 def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Generator, device: torch.device,
-        epochs: int, validation: list[int] = (), desc: str = "fit",
-        on_epoch: Callable[[dict], None] | None = None) -> tuple[CrossModalTransformer, list[dict], int]:
+        epochs: int, validation: list[int] = (), desc: str = "fit") -> tuple[CrossModalTransformer, list[dict], int]:
     """Train a fresh model on ``subjects`` for up to ``epochs`` epochs; return (model, curve rows, chosen
     epoch). With ``validation`` subjects the model of the best inner-validation epoch is returned."""
     cv, tp = params.cv, params.train
@@ -141,8 +139,6 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
                 best = (selection_key(row, tp.select_by), epoch, copy.deepcopy(model.state_dict()))
         curves.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.2f}")
-        if on_epoch:
-            on_epoch(row)
         if len(validation_index) and tp.patience and epoch - best[1] >= tp.patience:
             break
     if best[2] is None:
@@ -160,8 +156,7 @@ def train_final(trials: Trials, params: Params, epochs: int) -> tuple[CrossModal
     return model.cpu().eval(), subjects
 
 
-def train_fold(trials: Trials, held_out: int, params: Params,
-               on_epoch: Callable[[dict], None] | None = None) -> FoldResult:
+def train_fold(trials: Trials, held_out: int, params: Params) -> FoldResult:
     """Fit on every subject but ``held_out`` (selecting the epoch on inner-validation subjects), then
     predict the held-out subject's windows."""
     rng = seed_everything(params.train.seed, held_out)
@@ -174,7 +169,7 @@ def train_fold(trials: Trials, held_out: int, params: Params,
     validation = validation_subjects(train_subjects, tp.validation_subjects, tp.seed, held_out)
     inner = [s for s in train_subjects if s not in validation]
     model, curves, chosen = fit(trials, inner, params, rng, device, tp.epochs, validation,
-                                desc=f"fold {held_out}", on_epoch=on_epoch)
+                                desc=f"fold {held_out}")
     fit_subjects = inner
     if validation and tp.refit:   # the same recipe on every training subject, for the chosen epochs
         model, _, _ = fit(trials, train_subjects, params, rng, device, chosen, desc=f"fold {held_out} refit")

@@ -7,17 +7,14 @@
 from tqdm import tqdm
 
 from pipeline.baselines import BASELINES, run_baseline
-from pipeline.evaluate import flat_metrics, subject_metrics, summarize
+from pipeline.evaluate import subject_metrics, summarize
 from pipeline.features import read_table
 from pipeline.files import write_json
-from pipeline.tracking import Tracker
-from stages.common import params, paths, user_errors
+from stages.common import params, paths
 
 if __name__ == "__main__":
     args = paths(__doc__, "features", "baselines", "per_subject")
     p = params()
-    with user_errors():
-        tracker = Tracker(p.mlflow.experiment)
     frame = read_table(args.features)
     per_subject = {name: {} for name in BASELINES}
     for subject in tqdm(p.cv.subjects, desc="baselines", unit="fold", disable=None):
@@ -28,10 +25,5 @@ if __name__ == "__main__":
     write_json(args.baselines, summaries)
     write_json(args.per_subject, per_subject)
 
-    flat = {k: v for name, s in summaries.items() for k, v in flat_metrics(s, f"baseline/{name}/").items()}
-    parent = tracker.parent(p.flat())
-    with tracker.stage_run(parent, "baselines", "baselines") as run_id:
-        tracker.log_metrics(run_id, flat)
-    tracker.log_metrics(parent, flat)
     for name, s in summaries.items():
         print(f"{name:12s} trial accuracy {s['trial']['accuracy_mean']:.4f}  window {s['window']['accuracy_mean']:.4f}")

@@ -1,5 +1,4 @@
-"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs;
-the summary goes to the execution's MLflow parent run too.
+"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs.
 
     python -m stages.evaluate PREDICTIONS METRICS PER_SUBJECT CONFUSION_CSV PER_SUBJECT_CSV
 """
@@ -7,17 +6,14 @@ the summary goes to the execution's MLflow parent run too.
 
 import pandas as pd
 
-from pipeline.evaluate import evaluate, flat_metrics, trial_predictions
+from pipeline.evaluate import evaluate, trial_predictions
 from pipeline.files import atomic_path, write_json
 from pipeline.seedv import EMOTIONS
-from pipeline.tracking import Tracker
-from stages.common import params, paths, user_errors
+from stages.common import params, paths
 
 if __name__ == "__main__":
     args = paths(__doc__, "predictions", "metrics", "per_subject", "confusion", "per_subject_csv")
     p = params()
-    with user_errors():
-        tracker = Tracker(p.mlflow.experiment)
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     summary, per_subject = evaluate(predictions)
     write_json(args.metrics, summary)
@@ -33,11 +29,5 @@ if __name__ == "__main__":
                        "window_accuracy": m["window"]["accuracy"]} for s, m in per_subject.items()]
                      ).to_csv(tmp, index=False)
 
-    flat = flat_metrics(summary)
-    parent = tracker.parent(p.flat())
-    with tracker.stage_run(parent, "evaluate", "evaluate") as run_id:
-        tracker.log_metrics(run_id, flat)
-        tracker.log_artifacts(run_id, [args.metrics, args.per_subject])
-    tracker.log_metrics(parent, flat)
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"over {summary['n_folds']} held-out subjects")

@@ -1,4 +1,4 @@
-"""plots: interpretability figures from the fold models, attached to the MLflow parent.
+"""plots: interpretability figures from the fold models.
 
     python -m stages.plots FEATURES MODELS PREDICTIONS METRICS_DIR OUT_DIR
 """
@@ -13,16 +13,12 @@ from pipeline import interpret
 from pipeline.evaluate import confusion, trial_predictions
 from pipeline.features import read_table
 from pipeline.model import load_checkpoint
-from pipeline.rebuild import pipeline_metrics
 from pipeline.sequences import Trials
-from pipeline.tracking import Tracker
-from stages.common import params, paths, user_errors
+from stages.common import params, paths
 
 if __name__ == "__main__":
     args = paths(__doc__, "features", "models", "predictions", "metrics", "out")
     p = params()
-    with user_errors():
-        tracker = Tracker(p.mlflow.experiment)
     trials = Trials.from_frame(read_table(args.features))
     protocol, crop = p.cv.protocol, p.cv.crop_windows
     bins = crop if protocol == "crop" else 20
@@ -52,10 +48,4 @@ if __name__ == "__main__":
         interpret.tsne_figure(embeddings, trials.labels, trials.subjects, first, p.train.seed, out / "tsne.png"),
     ]
 
-    parent = tracker.parent(p.flat())
-    with tracker.stage_run(parent, "plots", "plots") as run_id:
-        tracker.log_artifacts(run_id, figures)
-    tracker.log_artifacts(parent, figures)
-    # The last stage: the parent carries the final metrics even where evaluate or baselines were cached.
-    tracker.log_metrics(parent, pipeline_metrics(args.metrics.parent))
     print(f"wrote {len(figures)} figures to {out}/")

@@ -6,7 +6,7 @@
 Writes, per held-out subject s, MODELS/<s>/model.pt, PREDICTIONS/<s>.parquet, FOLD_METRICS/<s>.json and
 CURVES/<s>.csv. The four folders are built under temporary names and renamed into place only when every
 fold has succeeded, so a failed run leaves none of them behind (``--fold`` replaces just that fold's
-files). Each fold is a child run of the execution's MLflow parent, which also gets the cross-fold summary.
+files). Nothing here talks to MLflow: the ``track`` stage logs the folds from these files.
 
 Subject ids never appear in dvc.yaml: they come from the validated params here, so a hostile
 ``cv.subjects`` value cannot reach a shell command or an output path that DVC deletes.
@@ -18,18 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.evaluate import flat_metrics, headline, summarize
+from pipeline.evaluate import summarize
 from pipeline.features import read_table
 from pipeline.files import atomic_path, atomic_paths, write_json
-from pipeline.folds import FoldFailed, FoldOutput, TrackingContext, run_folds, train_one
+from pipeline.folds import FoldFailed, FoldOutput, run_folds, train_one
 from pipeline.model import save_checkpoint
 from pipeline.sequences import Trials
-from pipeline.tracking import Tracker
 from pipeline.train import resolve_device
 from stages.common import params, paths, user_errors
 
 
-def write_fold(output: FoldOutput, p, models: Path, predictions: Path, folds: Path, curves: Path) -> None:
+def write_fold(output: FoldOutput, p, device, models: Path, predictions: Path, folds: Path, curves: Path) -> None:
     s, result = output.held_out, output.result
     with atomic_path(models / str(s) / "model.pt") as tmp:
         save_checkpoint(tmp, result.model, p, result.train_subjects, s)
@@ -37,7 +36,7 @@ def write_fold(output: FoldOutput, p, models: Path, predictions: Path, folds: Pa
         result.predictions.to_parquet(tmp, index=False)
     with atomic_path(curves / f"{s}.csv") as tmp:
         result.curves.assign(fold=s).to_csv(tmp, index=False)
-    write_json(folds / f"{s}.json", {**output.metrics, "selection": result.selection})
+    write_json(folds / f"{s}.json", {**output.metrics, "selection": result.selection, "device": device.type})
 
 
 def main() -> None:
@@ -49,24 +48,20 @@ def main() -> None:
         device = resolve_device(p.train.device)
         if args.fold is not None and args.fold not in p.data.subjects:
             raise SystemExit(f"error: --fold {args.fold} is not one of data.subjects {p.data.subjects}")
-        tracker = Tracker(p.mlflow.experiment)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # lets the MLflow runs end as KILLED
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # Ray and the temporaries are cleaned up
     trials = Trials.from_frame(read_table(args.features))
-    parent = tracker.parent(p.flat())
-    tracker.set_tags(parent, {"device": str(device)})
-    tracking = TrackingContext(p.mlflow.experiment, tracker.uri, tracker.execution, parent, tracker.provenance())
     outputs = (args.models, args.predictions, args.fold_metrics, args.curves)
 
     if args.fold is not None:
-        output = train_one(trials, args.fold, p, tracking)
-        write_fold(output, p, *outputs)
+        output = train_one(trials, args.fold, p)
+        write_fold(output, p, device, *outputs)
         print(f"fold {args.fold}: trial accuracy {output.metrics['trial']['accuracy']:.3f}")
         return
 
     folds, start, per_subject = p.cv.subjects, time.monotonic(), {}
 
     def on_done(output: FoldOutput, done: int) -> None:
-        write_fold(output, p, *temporaries)
+        write_fold(output, p, device, *temporaries)
         per_subject[output.held_out] = output.metrics
         elapsed = time.monotonic() - start
         eta = elapsed / done * (len(folds) - done)
@@ -77,13 +72,11 @@ def main() -> None:
     print(f"training {len(folds)} folds on Ray ({p.compute.threads_per_fold} thread(s) each, {device})", flush=True)
     with atomic_paths(*outputs) as temporaries:
         try:
-            run_folds(trials, p, folds, tracking, on_done)
+            run_folds(trials, p, folds, on_done)
         except FoldFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
     summary = summarize(dict(sorted(per_subject.items())))
-    tracker.log_metrics(parent, flat_metrics(summary))
-    tracker.describe(parent, headline(summary, synthetic=p.data.raw_dir == "data/raw/synthetic"))
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"over {summary['n_folds']} held-out subjects", flush=True)
 

@@ -116,7 +116,6 @@ def test_a_failing_fold_leaves_no_outputs_and_no_running_run(project):
     for out in ("data/models", "data/predictions", "metrics/folds", "metrics/curves"):
         assert not (project.path / out).exists(), out
     assert not list(project.path.rglob("*.tmp*"))
+    # Only `track` logs, from finished outputs: a failed training leaves nothing in MLflow.
     client = mlflow.MlflowClient(project.env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("seedv-cross-modal").experiment_id])
-    assert runs and not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]
-    assert {r.info.run_name: r.info.status for r in runs}.get("fold 2") == "FAILED"
+    assert client.get_experiment_by_name("seedv-cross-modal") is None

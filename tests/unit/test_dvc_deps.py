@@ -64,6 +64,23 @@ def test_every_stage_lists_exactly_the_code_it_imports():
                                     f"extra {sorted(listed - imported)}")
 
 
+LOGGING_CODE = {"pipeline/tracking.py", "pipeline/mlflow_store.py", "pipeline/provenance.py"}
+
+
+def test_only_the_track_stage_runs_logging_code():
+    """Code that only logs cannot change a result, so no result-making stage depends on it (or on
+    mlflow): editing how runs are logged reruns `track` and nothing else."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        module = re.search(r"python -m ([\w.]+)", stage["cmd"]).group(1)
+        closure = code_closure(module)
+        if name == "track":
+            assert LOGGING_CODE <= closure
+            continue
+        assert not closure & LOGGING_CODE, (name, sorted(closure & LOGGING_CODE))
+        assert not any(m.split(".")[0] == "mlflow" for f in closure for m in imported_modules(ROOT / f)), name
+
+
 def test_the_import_scan_sees_lazy_and_relative_imports(tmp_path):
     assert "pipeline/files.py" in code_closure("pipeline.seedv")      # lazy, relative, in a function
     assert "pipeline/errors.py" in code_closure("stages.ingest")      # through stages.common

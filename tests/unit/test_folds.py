@@ -30,7 +30,7 @@ def tiny(**train):
 
 def parallel(trials, params, folds=FOLDS):
     outputs = {}
-    run_folds(trials, params, folds, None, lambda output, done: outputs.update({output.held_out: output}))
+    run_folds(trials, params, folds, lambda output, done: outputs.update({output.held_out: output}))
     return outputs
 
 
@@ -46,7 +46,7 @@ def test_parallel_equals_one_at_a_time(ray_session, trials):
     together = parallel(trials, params)
     assert set(together) == set(FOLDS)
     for s in FOLDS:
-        assert_same(together[s], train_one(trials, s, params, None))       # in this process, no Ray
+        assert_same(together[s], train_one(trials, s, params))       # in this process, no Ray
     alone = parallel(trials, params, folds=[2])                             # nothing beside it
     assert_same(alone[2], together[2])
 

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from pipeline import execution, mlflow_store, params, tracking
+from pipeline import mlflow_store, params, provenance, tracking
 from pipeline.params import ParamsError, parse
 from tests.conftest import DEFAULT_PARAMS, ROOT, make_params
 
@@ -89,8 +89,8 @@ def test_the_shipped_params_are_valid_and_complete():
 def test_damaged_tracking_store_is_refused(tmp_path, monkeypatch, damage, match):
     store = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
-    monkeypatch.setenv("PIPELINE_EXECUTION", "damage-test")
-    tracking.Tracker("t").parent({"a": 1})
+    with tracking.Tracker("t").run("p", "parent"):
+        pass
     if damage == "page":
         raw = bytearray(store.read_bytes())
         for page in range(2, len(raw) // 4096):
@@ -125,13 +125,13 @@ def test_untracked_importable_files_make_the_code_dirty(tmp_path):
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "a")
-    assert execution.git_state(tmp_path)["git.dirty"] == "false"
+    assert provenance.git_state(tmp_path)["git.dirty"] == "false"
     (tmp_path / "notes.txt").write_text("not code\n")
     (tmp_path / "data").mkdir()
     (tmp_path / "data/x.py").write_text("# not on the import path\n")
-    assert execution.git_state(tmp_path)["git.dirty"] == "false"
+    assert provenance.git_state(tmp_path)["git.dirty"] == "false"
     (tmp_path / "tqdm.py").write_text("raise SystemExit\n")          # shadows an installed package
-    assert execution.git_state(tmp_path)["git.dirty"] == "true"
+    assert provenance.git_state(tmp_path)["git.dirty"] == "true"
     (tmp_path / "tqdm.py").unlink()
     (tmp_path / "pipeline/b.py").write_text("y = 2\n")
-    assert execution.git_state(tmp_path)["git.dirty"] == "true"
+    assert provenance.git_state(tmp_path)["git.dirty"] == "true"

@@ -13,44 +13,43 @@ import pytest
 from pipeline import mlflow_store, tracking
 
 
-def test_killed_stage_run_is_marked_on_next_start(tmp_path, monkeypatch):
+def test_killed_run_is_marked_on_next_start(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("PIPELINE_EXECUTION", "killed-test")
-    tracker = tracking.Tracker("t")
-    parent = tracker.parent({"a": 1})
-    # A process that opens a stage run and is SIGKILLed before it can close it.
+    # A process that opens a parent and a child run and is SIGKILLed before it can close them.
     code = ("from pipeline import tracking; import time\n"
-            "t = tracking.Tracker('t'); p = t.parent({'a': 1})\n"
-            "with t.stage_run(p, 'fold', 'fold 1'):\n    print('started', flush=True); time.sleep(60)\n")
+            "t = tracking.Tracker('t')\n"
+            "with t.run('p', 'parent') as p, t.run('fold 1', 'fold', parent=p):\n"
+            "    print('started', flush=True); time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert child.stdout.readline().strip() == "started"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    query = f"tags.`mlflow.parentRunId` = '{parent}'"
-    assert tracker.client.search_runs([tracker.experiment_id], query)[0].info.status == "RUNNING"
-    with tracker.stage_run(parent, "fold", "fold 1"):
+    tracker = tracking.Tracker("t")
+    statuses = lambda: {r.info.run_name: r.info.status for r in tracker.client.search_runs([tracker.experiment_id])}  # noqa: E731
+    assert statuses() == {"p": "RUNNING", "fold 1": "RUNNING"}
+    with tracker.run("next", "parent"):
         pass
-    statuses = sorted(r.info.status for r in tracker.client.search_runs([tracker.experiment_id], query))
-    assert statuses == ["FINISHED", "KILLED"]
+    assert statuses() == {"p": "KILLED", "fold 1": "KILLED", "next": "FINISHED"}
 
 
-def test_sigterm_ends_run_as_killed(tmp_path, monkeypatch):
+def test_sigterm_ends_runs_as_killed_and_an_error_as_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("PIPELINE_EXECUTION", "sigterm-test")
     code = ("from pipeline import tracking; import time, signal, sys\n"
             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
-            "t = tracking.Tracker('t'); p = t.parent({'a': 1})\n"
-            "with t.stage_run(p, 'fold', 'fold 1'):\n    print('started', flush=True); time.sleep(60)\n")
+            "t = tracking.Tracker('t')\n"
+            "with t.run('p', 'parent') as p, t.run('fold 1', 'fold', parent=p):\n"
+            "    print('started', flush=True); time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert child.stdout.readline().strip() == "started"
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) == 143
     tracker = tracking.Tracker("t")
-    statuses = {r.data.tags[tracking.ROLE_TAG]: r.info.status
-                for r in tracker.client.search_runs([tracker.experiment_id], "")}
-    assert statuses == {"fold": "KILLED", "parent": "FAILED"}
+    with pytest.raises(ValueError), tracker.run("q", "parent"):
+        raise ValueError("boom")
+    statuses = {r.info.run_name: r.info.status for r in tracker.client.search_runs([tracker.experiment_id])}
+    assert statuses == {"p": "KILLED", "fold 1": "KILLED", "q": "FAILED"}
 
 
 def test_retry_backs_off_on_locked_store():
@@ -72,12 +71,10 @@ def test_register_gives_the_model_an_alias_it_loads_by(tmp_path, monkeypatch):
     from tests.conftest import SMALL_MODEL
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("PIPELINE_EXECUTION", "register-test")
     tracker = tracking.Tracker("t")
-    parent = tracker.parent({"a": 1})
     model = PackedInput(CrossModalTransformer(dataclasses.replace(SMALL_MODEL, d_model=8, d_ff=8), n_subjects=2).eval())
     example = serving_example(2, 4)
-    with tracker.stage_run(parent, "final", "final") as run_id:
+    with tracker.run("p", "parent") as parent, tracker.run("final", "final", parent=parent) as run_id:
         tracker.log_model(run_id, model, example, name="final")
         version = tracker.register(run_id, "t-model", "candidate")
     assert version.name == "t-model" and version.run_id == run_id

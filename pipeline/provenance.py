@@ -1,52 +1,15 @@
-"""Who is running: the pipeline execution a stage belongs to, and the code, data and machine behind it.
-
-Execution identity: every DVC stage is its own process, so the stages of one ``dvc repro`` or one
-``dvc exp run`` (queued or not) find their common MLflow parent by a tag computed from the nearest
-``dvc`` ancestor process (pid, start time and boot id, read from Linux ``/proc``). ``PIPELINE_EXECUTION``
-overrides it. **Linux only**: elsewhere (no ``/proc``) a warning is printed once and every stage process
-gets a parent of its own; set ``PIPELINE_EXECUTION`` to group them.
+"""What a run was made from: the code (git), the data (dvc.lock hashes), the machine and the process
+that logs it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "requirements.txt")
-_warned = []
-
-
-def _dvc_process() -> str | None:
-    """``pid:start_time:boot_id`` of the nearest ancestor process that is DVC, if any (Linux /proc)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pid = os.getppid()
-        while pid > 1:
-            args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if any(os.path.basename(a) == "dvc" for a in args[:2]) or args[1:3] == ["-m", "dvc"]:
-                return f"{pid}:{fields[19]}:{boot}"
-            pid = int(fields[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def execution_id() -> str:
-    raw = os.environ.get("PIPELINE_EXECUTION") or _dvc_process()
-    if raw is None:
-        if not Path("/proc/self/stat").exists() and not _warned:
-            _warned.append(True)
-            print("warning: no /proc (not Linux): each stage gets its own MLflow parent run; set "
-                  "PIPELINE_EXECUTION to group the stages of one execution", file=sys.stderr)
-        raw = f"process:{os.getpid()}:{time.time()}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 def git_state(root: Path) -> dict[str, str]:

@@ -1,0 +1,78 @@
+"""track: record the pipeline's results in MLflow. The only stage that talks to MLflow, so a change to how
+runs are logged reruns this stage and never retrains anything.
+
+    python -m stages.track MODELS FOLD_METRICS CURVES METRICS_DIR FINAL_MODEL PLOTS_DIR RECORD
+
+One parent run per execution that changed anything: named after the DVC experiment (else short commit
++ changed params), with every param, the exact params.yaml, git/data/version tags, the summary and
+baseline metrics, a description, the metrics files and the figures. Under it one run per fold (its
+params, per-epoch curves with the epoch as the step, metrics, the model ``fold-<s>``) and one ``final``
+run whose model is registered as ``models:/<mlflow.experiment>@candidate``.
+
+RECORD (``data/tracked.json``) lists what was logged. DVC caches it rather than git, so a fresh clone's
+``dvc repro`` logs into its own MLflow store. To log the same results into another store (e.g. a team
+server): ``MLFLOW_TRACKING_URI=… dvc repro --force --single-item track``.
+"""
+
+import json
+import signal
+import sys
+import time
+
+import pandas as pd
+
+from pipeline.files import write_json
+from pipeline.model import PackedInput, load_checkpoint, serving_example
+from pipeline.tracking import Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
+from stages.common import params, paths, user_errors
+
+ALIAS = "candidate"
+
+
+def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
+    """A fold's curves CSV as (epoch, metrics) steps; NaN (no inner validation) left out."""
+    curves = pd.read_csv(path).drop(columns=["fold"])
+    return [(int(row.pop("epoch")), {k: v for k, v in row.items() if v == v}) for row in curves.to_dict("records")]
+
+
+if __name__ == "__main__":
+    args = paths(__doc__, "models", "fold_metrics", "curves", "metrics", "final_model", "plots", "record")
+    p = params()
+    with user_errors():
+        tracker = Tracker(p.mlflow.experiment)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # the open runs end as KILLED
+    start, flat, tags = time.monotonic(), p.flat(), provenance()
+    folds = {s: json.loads((args.fold_metrics / f"{s}.json").read_text()) for s in p.cv.subjects}
+    example = serving_example(2, p.cv.crop_windows)     # batch 2: the signature is not specialized to one
+    name, runs = parent_name(flat, tags["git.commit"]), []
+    with tracker.run(name, "parent", flat, {**tags, "device": folds[p.cv.subjects[0]]["device"]}) as parent:
+        tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
+        for k, (s, fold) in enumerate(folds.items(), 1):
+            with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, tags, parent=parent) as run:
+                tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv"))
+                scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
+                tracker.log_metrics(run, {**scores, "selection/chosen_epoch": fold["selection"]["chosen_epoch"]})
+                model, _ = load_checkpoint(args.models / str(s) / "model.pt")
+                tracker.log_model(run, PackedInput(model), example, name=f"fold-{s}")
+            runs.append(f"fold {s}")
+            print(f"tracked fold {k}/{len(folds)} | elapsed {time.monotonic() - start:.0f} s", flush=True)
+
+        final = json.loads((args.final_model / "final.json").read_text())
+        with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]}, tags, parent=parent) as run:
+            tracker.log_metrics(run, {"final/epochs": final["epochs"]})
+            model, _ = load_checkpoint(args.final_model / "model.pt")
+            tracker.log_model(run, PackedInput(model), example, name="final")
+            version = tracker.register(run, p.mlflow.experiment, ALIAS)
+        runs.append("final")
+
+        summary = json.loads((args.metrics / "metrics.json").read_text())
+        tracker.log_metrics(parent, pipeline_metrics(args.metrics))
+        tracker.describe(parent, headline(summary, synthetic=p.data.raw_dir == "data/raw/synthetic"))
+        tracker.log_artifacts(parent, [args.metrics / f"{f}.json" for f in ("metrics", "per_subject", "baselines")],
+                              "metrics")
+        tracker.log_artifacts(parent, sorted(args.plots.glob("*.png")), "plots")
+    # What was logged, without run ids or times: the same results give the same file.
+    write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs,
+                             "registered": f"models:/{p.mlflow.experiment}@{ALIAS}"})
+    print(f"logged {len(runs)} runs under parent '{name}' to {tracker.uri}; registered "
+          f"models:/{p.mlflow.experiment}@{ALIAS} (version {version.version})")
