@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import UserError
 from .evaluate import LOG_PROBABILITY_COLUMNS, trial_predictions
-from .features import FEATURE_COLUMNS, PROBABILITY_COLUMNS, normalize, recording_to_frame
+from .features import normalize, recording_to_frame
 from .files import atomic_path
 from .seedv import EMOTIONS, MODALITIES, read_subject
 
@@ -44,63 +44,40 @@ def subjects_in(data: Path) -> tuple[Path, list[int]]:
     return data, subjects
 
 
-def window_probabilities(frame: pd.DataFrame, model: str) -> pd.DataFrame:
-    """Per-window probabilities of ``frame`` (normalized features) from a checkpoint or an MLflow model."""
-    import torch
-
-    from .sequences import Trials, predict_windows, test_sequences
-
-    trials = Trials.from_frame(frame)
-    index = np.arange(len(trials.lengths))
+def checkpoint_of(model: str) -> Path:
+    """The ``model.pt`` behind MODEL: the file itself, or the checkpoint inside an MLflow model logged by
+    the ``track`` stage (:mod:`pipeline.serving`)."""
     if Path(model).is_file():
-        from .model import load_checkpoint
-
-        net, ckpt = load_checkpoint(model)
-        cv = ckpt["params"]["cv"]
-        return predict_windows(net, trials, index, cv["protocol"], cv["crop_windows"], torch.device("cpu"))
-
+        return Path(model)
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    from .model import SERVING_EEG, SERVING_EYE, SERVING_MASK, serving_example
-
-    pyfunc = mlflow.pyfunc.load_model(model)
-    crop = pyfunc.metadata.signature.inputs.inputs[0].shape[1]
-    positions, owners = test_sequences(trials.lengths, "crop", crop)
-    packed = serving_example(len(owners), crop)
-    packed[..., SERVING_EEG] = trials.eeg[owners[:, None], positions]
-    packed[..., SERVING_EYE] = trials.eye[owners[:, None], positions]
-    packed[..., SERVING_MASK] = 1.0
-    probs = np.concatenate([np.asarray(pyfunc.predict(packed[i:i + 4096]), dtype=np.float64)
-                            for i in range(0, len(packed), 4096)])
-    log_p = np.log(np.clip(probs, 1e-12, None))
-    rows = []
-    for trial in index:   # each window: the mean log-probability of the crops that contain it
-        n = trials.lengths[trial]
-        totals, counts = np.zeros((n, len(EMOTIONS))), np.zeros(n)
-        for k in np.flatnonzero(owners == trial):
-            np.add.at(totals, positions[k], log_p[k])
-            np.add.at(counts, positions[k], 1)
-        mean = totals / counts[:, None]
-        probs = np.exp(mean - mean.max(1, keepdims=True))
-        rows.append(probs / probs.sum(1, keepdims=True))
-    out = frame.sort_values(["subject", "session", "trial", "window"], kind="stable")[
-        ["subject", "session", "trial", "window", "label"]].reset_index(drop=True)
-    out[list(PROBABILITY_COLUMNS)] = np.concatenate(rows).astype(np.float32)
-    return out
+    try:
+        loaded = mlflow.pyfunc.load_model(model)
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"--model {model}: not a model.pt file nor a loadable MLflow model "
+                        f"({type(exc).__name__}) — check the path or URI and MLFLOW_TRACKING_URI") from None
+    checkpoint = getattr(loaded.unwrap_python_model(), "checkpoint", None)
+    if checkpoint is None:
+        raise UserError(f"--model {model}: an MLflow model not logged by this pipeline (no model.pt inside)")
+    return Path(checkpoint)
 
 
 def predict(data: Path, model: str) -> pd.DataFrame:
     """One row per trial of the recordings at ``data``: predicted emotion and the five probabilities."""
-    root, subjects = subjects_in(data)
-    scope = "subject"   # the default; a checkpoint says which scope its model was trained with
-    if Path(model).is_file():
-        from .model import load_checkpoint
+    import torch
 
-        scope = load_checkpoint(model)[1]["params"]["normalize"]["scope"]
+    from .model import load_checkpoint
+    from .sequences import Trials, predict_windows
+
+    root, subjects = subjects_in(data)
+    net, ckpt = load_checkpoint(checkpoint_of(model))
+    settings = ckpt["params"]
     frame = pd.concat([recording_to_frame(read_subject(root, s)) for s in subjects], ignore_index=True)
-    frame = normalize(frame, scope)
-    trials = trial_predictions(window_probabilities(frame[["subject", "session", "trial", "window", "label",
-                                                            *FEATURE_COLUMNS]], model))
+    trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]))   # as the model was trained
+    windows = predict_windows(net, trials, np.arange(len(trials.lengths)), settings["cv"]["protocol"],
+                              settings["cv"]["crop_windows"], torch.device("cpu"))
+    trials = trial_predictions(windows)
     log_p = trials[LOG_PROBABILITY_COLUMNS].to_numpy()
     probs = np.exp(log_p - log_p.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -23,6 +23,7 @@ from .provenance import alive, data_hashes, environment_tags, git_state, process
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 ROLE_TAG = "pipeline.role"  # parent | fold | final
 BATCH = 1000                # MLflow's limit of metrics per log_batch call
+SERVING_PACKAGES = ("mlflow", "numpy", "pyyaml", "torch")   # what pipeline.serving and pipeline.model import
 
 
 def provenance() -> dict[str, str]:
@@ -141,17 +142,24 @@ class Tracker:
         for start in range(0, len(batch), BATCH):
             retry(self.client.log_batch, run_id, metrics=batch[start:start + BATCH])
 
-    def log_model(self, run_id: str, model, example, name: str):
-        """Log a torch module with its signature (inferred from a numpy example batch)."""
+    def log_model(self, run_id: str, checkpoint: Path, example, name: str):
+        """Log a ``model.pt`` as a pyfunc model (:mod:`pipeline.serving`) with its signature, inferred
+        from a packed numpy example batch."""
+        from importlib.metadata import version
+
         import torch
         from mlflow.models import infer_signature
 
+        from . import serving
+        from .model import PackedInput, load_checkpoint
+
         with torch.no_grad():
-            output = model(torch.from_numpy(example)).numpy()
-        signature = infer_signature(example, output)
+            output = PackedInput(load_checkpoint(checkpoint)[0])(torch.from_numpy(example)).numpy()
         with self.mlflow.start_run(run_id=run_id, nested=True):
-            return retry(self.mlflow.pytorch.log_model, model, name=name, signature=signature,
-                         input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            return retry(self.mlflow.pyfunc.log_model, name=name, python_model=serving.__file__,
+                         artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(Path(serving.__file__).parent)],
+                         signature=infer_signature(example, output), input_example=example,
+                         pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in SERVING_PACKAGES])
 
     def register(self, run_id: str, name: str, alias: str):
         """Register the model logged in ``run_id`` under ``name`` and point ``alias`` at the new version."""

@@ -78,6 +78,28 @@ def selection_key(row: dict, select_by: str) -> tuple[float, float]:
     return (row["val_loss"], 0.0) if select_by == "loss" else (-row["val_f1"], row["val_loss"])
 
 
+def train_step(model: CrossModalTransformer, optimizer: torch.optim.Optimizer, batch, labels: torch.Tensor,
+               domains: torch.Tensor, alpha: float, domain_weight: float, grad_clip: float) -> torch.Tensor:
+    """One optimizer step on ``batch`` = (eeg (B, L, N_EEG), eye (B, L, N_EYE), valid (B, L)) with class
+    ``labels`` (B,) and subject ``domains`` (B,). Returns the batch's summed (loss, class loss, domain loss,
+    correct) as a float64 tensor on the device: nothing is read back to the host here."""
+    eeg, eye, valid = batch
+    with autocast(eeg.device):
+        out = model(eeg, eye, valid, grl_alpha=alpha)
+        class_loss = nn.functional.cross_entropy(out.logits.float(), labels)
+        domain_loss = (nn.functional.cross_entropy(out.domain_logits.float(), domains)
+                       if out.domain_logits is not None else torch.zeros((), device=eeg.device))
+        loss = class_loss + domain_weight * domain_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    correct = (out.logits.argmax(-1) == labels).sum()
+    n = len(labels)
+    return torch.stack([loss.detach().double() * n, class_loss.detach().double() * n,
+                        domain_loss.detach().double() * n, correct.double()])
+
+
 def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Generator, device: torch.device,
         epochs: int, validation: list[int] = (), desc: str = "fit") -> tuple[CrossModalTransformer, list[dict], int]:
     """Train a fresh model on ``subjects`` for up to ``epochs`` epochs; return (model, curve rows, chosen
@@ -97,7 +119,6 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
     total_steps = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     batch_of = Batcher(trials, train_index, device)
-    loss_fn = nn.CrossEntropyLoss()
 
     curves, step, best = [], 0, ((math.inf, math.inf), 0, None)   # (selection key, epoch, weights)
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None)
@@ -106,31 +127,16 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
         starts = [rng.integers(0, max(n - cv.crop_windows, 0) + 1, tp.crops_per_trial) for n in lengths]
         positions, owners = sequences(lengths, cv.protocol, cv.crop_windows, starts)
         order = rng.permutation(len(owners))
-        sums = dict(loss=0.0, class_loss=0.0, domain_loss=0.0, correct=0.0, alpha=0.0)
+        sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, class, domain, correct
         for batch in np.array_split(order, steps_per_epoch):
             alpha = grl_alpha(step / max(total_steps - 1, 1))
-            eeg, eye, valid = batch_of(positions[batch], owners[batch])
-            with autocast(device):
-                out = model(eeg, eye, valid, grl_alpha=alpha)
-                class_loss = loss_fn(out.logits.float(), labels[owners[batch]])
-                domain_loss = (loss_fn(out.domain_logits.float(), domains[owners[batch]])
-                               if out.domain_logits is not None else torch.zeros((), device=device))
-                loss = class_loss + tp.domain_weight * domain_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-            optimizer.step()
+            sums += train_step(model, optimizer, batch_of(positions[batch], owners[batch]), labels[owners[batch]],
+                               domains[owners[batch]], alpha, tp.domain_weight, tp.grad_clip)
             scheduler.step()
             step += 1
-            n = len(batch)
-            sums["loss"] += loss.item() * n
-            sums["class_loss"] += class_loss.item() * n
-            sums["domain_loss"] += domain_loss.item() * n
-            sums["correct"] += (out.logits.argmax(-1) == labels[owners[batch]]).sum().item()
-            sums["alpha"] = alpha
-        row = {"epoch": epoch, "loss": sums["loss"] / len(order), "class_loss": sums["class_loss"] / len(order),
-               "domain_loss": sums["domain_loss"] / len(order), "train_accuracy": sums["correct"] / len(order),
-               "lr": scheduler.get_last_lr()[0], "grl_alpha": sums["alpha"],
+        loss, class_loss, domain_loss, correct = (sums / len(order)).tolist()   # one host sync per epoch
+        row = {"epoch": epoch, "loss": loss, "class_loss": class_loss, "domain_loss": domain_loss,
+               "train_accuracy": correct, "lr": scheduler.get_last_lr()[0], "grl_alpha": alpha,
                "val_loss": math.nan, "val_accuracy": math.nan, "val_f1": math.nan}
         if len(validation_index):
             row.update(validation_scores(predict_windows(model, trials, validation_index, cv.protocol,

@@ -15,6 +15,7 @@ server): ``MLFLOW_TRACKING_URI=… dvc repro --force --single-item track``.
 """
 
 import json
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ import time
 import pandas as pd
 
 from pipeline.files import write_json
-from pipeline.model import PackedInput, load_checkpoint, serving_example
+from pipeline.model import serving_example
 from pipeline.tracking import Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import params, paths, user_errors
 
@@ -41,6 +42,7 @@ if __name__ == "__main__":
     with user_errors():
         tracker = Tracker(p.mlflow.experiment)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # the open runs end as KILLED
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # plain log lines
     start, flat, tags = time.monotonic(), p.flat(), provenance()
     folds = {s: json.loads((args.fold_metrics / f"{s}.json").read_text()) for s in p.cv.subjects}
     example = serving_example(2, p.cv.crop_windows)     # batch 2: the signature is not specialized to one
@@ -52,16 +54,14 @@ if __name__ == "__main__":
                 tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv"))
                 scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
                 tracker.log_metrics(run, {**scores, "selection/chosen_epoch": fold["selection"]["chosen_epoch"]})
-                model, _ = load_checkpoint(args.models / str(s) / "model.pt")
-                tracker.log_model(run, PackedInput(model), example, name=f"fold-{s}")
+                tracker.log_model(run, args.models / str(s) / "model.pt", example, name=f"fold-{s}")
             runs.append(f"fold {s}")
             print(f"tracked fold {k}/{len(folds)} | elapsed {time.monotonic() - start:.0f} s", flush=True)
 
         final = json.loads((args.final_model / "final.json").read_text())
         with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]}, tags, parent=parent) as run:
             tracker.log_metrics(run, {"final/epochs": final["epochs"]})
-            model, _ = load_checkpoint(args.final_model / "model.pt")
-            tracker.log_model(run, PackedInput(model), example, name="final")
+            tracker.log_model(run, args.final_model / "model.pt", example, name="final")
             version = tracker.register(run, p.mlflow.experiment, ALIAS)
         runs.append("final")
 

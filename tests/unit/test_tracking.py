@@ -1,6 +1,5 @@
 """MLflow bookkeeping in-process: stale and killed runs, retries, model registration."""
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -8,33 +7,14 @@ import sys
 import time
 
 import mlflow
+import numpy as np
 import pytest
 
 from pipeline import mlflow_store, tracking
 
 
-def test_killed_run_is_marked_on_next_start(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    # A process that opens a parent and a child run and is SIGKILLed before it can close them.
-    code = ("from pipeline import tracking; import time\n"
-            "t = tracking.Tracker('t')\n"
-            "with t.run('p', 'parent') as p, t.run('fold 1', 'fold', parent=p):\n"
-            "    print('started', flush=True); time.sleep(60)\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert child.stdout.readline().strip() == "started"
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    tracker = tracking.Tracker("t")
-    statuses = lambda: {r.info.run_name: r.info.status for r in tracker.client.search_runs([tracker.experiment_id])}  # noqa: E731
-    assert statuses() == {"p": "RUNNING", "fold 1": "RUNNING"}
-    with tracker.run("next", "parent"):
-        pass
-    assert statuses() == {"p": "KILLED", "fold 1": "KILLED", "next": "FINISHED"}
-
-
-def test_sigterm_ends_runs_as_killed_and_an_error_as_failed(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def process_with_open_runs() -> subprocess.Popen:
+    """A process (SIGTERM handled as the stages handle it) that opens a parent and a child run and waits."""
     code = ("from pipeline import tracking; import time, signal, sys\n"
             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
             "t = tracking.Tracker('t')\n"
@@ -43,13 +23,34 @@ def test_sigterm_ends_runs_as_killed_and_an_error_as_failed(tmp_path, monkeypatc
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert child.stdout.readline().strip() == "started"
+    return child
+
+
+def statuses(tracker) -> dict[str, str]:
+    return {r.info.run_name: r.info.status for r in tracker.client.search_runs([tracker.experiment_id])}
+
+
+def test_killed_run_is_marked_on_next_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child = process_with_open_runs()
+    os.kill(child.pid, signal.SIGKILL)       # it cannot close its runs
+    child.wait()
+    tracker = tracking.Tracker("t")
+    assert statuses(tracker) == {"p": "RUNNING", "fold 1": "RUNNING"}
+    with tracker.run("next", "parent"):
+        pass
+    assert statuses(tracker) == {"p": "KILLED", "fold 1": "KILLED", "next": "FINISHED"}
+
+
+def test_sigterm_ends_runs_as_killed_and_an_error_as_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child = process_with_open_runs()
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) == 143
     tracker = tracking.Tracker("t")
     with pytest.raises(ValueError), tracker.run("q", "parent"):
         raise ValueError("boom")
-    statuses = {r.info.run_name: r.info.status for r in tracker.client.search_runs([tracker.experiment_id])}
-    assert statuses == {"p": "KILLED", "fold 1": "KILLED", "q": "FAILED"}
+    assert statuses(tracker) == {"p": "KILLED", "fold 1": "KILLED", "q": "FAILED"}
 
 
 def test_retry_backs_off_on_locked_store():
@@ -66,20 +67,30 @@ def test_retry_backs_off_on_locked_store():
         mlflow_store.retry(lambda: (_ for _ in ()).throw(ValueError("not transient")))
 
 
-def test_register_gives_the_model_an_alias_it_loads_by(tmp_path, monkeypatch):
-    from pipeline.model import CrossModalTransformer, PackedInput, serving_example
-    from tests.conftest import SMALL_MODEL
+def test_logged_model_is_the_checkpoint_registered_by_alias(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.model import CrossModalTransformer, PackedInput, save_checkpoint, serving_example
+    from pipeline.predict import checkpoint_of
+    from tests.conftest import make_params
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = make_params(model=dict(d_model=8, heads=2, layers=1, d_ff=8))
+    model = CrossModalTransformer(params.model, n_subjects=2).eval()
+    save_checkpoint(tmp_path / "model.pt", model, params, [1, 2], 3)
     tracker = tracking.Tracker("t")
-    model = PackedInput(CrossModalTransformer(dataclasses.replace(SMALL_MODEL, d_model=8, d_ff=8), n_subjects=2).eval())
     example = serving_example(2, 4)
+    example[..., :-1] = np.random.default_rng(0).normal(size=example[..., :-1].shape)
     with tracker.run("p", "parent") as parent, tracker.run("final", "final", parent=parent) as run_id:
-        tracker.log_model(run_id, model, example, name="final")
+        tracker.log_model(run_id, tmp_path / "model.pt", example, name="final")
         version = tracker.register(run_id, "t-model", "candidate")
     assert version.name == "t-model" and version.run_id == run_id
     loaded = mlflow.pyfunc.load_model("models:/t-model@candidate")
-    assert loaded.predict(example).shape == (2, 5)
+    with torch.no_grad():
+        expected = PackedInput(model)(torch.from_numpy(example)).numpy()
+    np.testing.assert_array_equal(loaded.predict(example), expected)
+    assert checkpoint_of("models:/t-model@candidate").read_bytes() == (tmp_path / "model.pt").read_bytes()
+    assert loaded.metadata.signature.inputs.inputs[0].shape == (-1, 4, example.shape[2])
     experiment = tracker.client.get_experiment(tracker.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 

@@ -1,0 +1,28 @@
+"""The model MLflow logs and serves: a pyfunc around a ``model.pt`` checkpoint.
+
+Logged as an MLflow *model from code* (this file, the checkpoint as an artifact, the ``pipeline``
+package as code): no ``torch.export`` and no pickled module, so logging takes a fraction of a second
+and loading executes no pickle (:func:`pipeline.model.load_checkpoint` reads weights only). Input: one
+float32 batch (B, L, SERVING_WIDTH) packed as :mod:`pipeline.model` describes; output: the class
+probabilities (B, 5).
+"""
+
+import mlflow
+import numpy as np
+
+
+class CheckpointModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from pipeline.model import PackedInput, load_checkpoint
+
+        self.checkpoint = context.artifacts["checkpoint"]     # pipeline.predict reads it directly
+        self.model = PackedInput(load_checkpoint(self.checkpoint)[0]).eval()
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:   # the signature validates
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(np.asarray(model_input, dtype=np.float32))).numpy()
+
+
+mlflow.models.set_model(CheckpointModel())
