@@ -1,18 +1,23 @@
-"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs.
+"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs, and
+the model's paired comparison with each baseline over the same held-out subjects.
 
-    python -m stages.evaluate PREDICTIONS METRICS PER_SUBJECT CONFUSION_CSV PER_SUBJECT_CSV
+    python -m stages.evaluate PREDICTIONS BASELINES_PER_SUBJECT METRICS PER_SUBJECT CONFUSION_CSV
+                              PER_SUBJECT_CSV COMPARISON
 """
 
+import json
 
 import pandas as pd
 
+from pipeline.comparison import paired_comparison
 from pipeline.evaluate import evaluate, trial_predictions
 from pipeline.files import atomic_path, write_json
 from pipeline.seedv import EMOTIONS
 from stages.common import params, paths
 
 if __name__ == "__main__":
-    args = paths(__doc__, "predictions", "metrics", "per_subject", "confusion", "per_subject_csv")
+    args = paths(__doc__, "predictions", "baselines", "metrics", "per_subject", "confusion", "per_subject_csv",
+                 "comparison")
     p = params()
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     summary, per_subject = evaluate(predictions)
@@ -29,5 +34,15 @@ if __name__ == "__main__":
                        "window_accuracy": m["window"]["accuracy"]} for s, m in per_subject.items()]
                      ).to_csv(tmp, index=False)
 
+    baselines = {name: {int(s): m for s, m in folds.items()}
+                 for name, folds in json.loads(args.baselines.read_text()).items()}
+    comparison = {name: paired_comparison(per_subject, folds, p.train.seed) for name, folds in baselines.items()}
+    write_json(args.comparison, comparison)
+
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"over {summary['n_folds']} held-out subjects")
+    for name, c in comparison.items():
+        t = c["trial"]
+        print(f"  model − {name:12s} trial accuracy {100 * t['mean_difference']:+5.1f} points (95 % CI "
+              f"{100 * t['ci95_low']:+.1f} to {100 * t['ci95_high']:+.1f}; Wilcoxon p = {t['wilcoxon_p']:.3f}; "
+              f"{t['wins']} wins, {t['ties']} ties, {t['losses']} losses over {c['n_subjects']} subjects)")

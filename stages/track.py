@@ -68,8 +68,8 @@ if __name__ == "__main__":
         summary = json.loads((args.metrics / "metrics.json").read_text())
         tracker.log_metrics(parent, pipeline_metrics(args.metrics))
         tracker.describe(parent, headline(summary, synthetic=p.data.raw_dir == "data/raw/synthetic"))
-        tracker.log_artifacts(parent, [args.metrics / f"{f}.json" for f in ("metrics", "per_subject", "baselines")],
-                              "metrics")
+        tracker.log_artifacts(parent, [args.metrics / f"{f}.json" for f in ("metrics", "per_subject", "baselines",
+                                                                             "comparison")], "metrics")
         tracker.log_artifacts(parent, sorted(args.plots.glob("*.png")), "plots")
     # What was logged, without run ids or times: the same results give the same file.
     write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs,

@@ -21,6 +21,9 @@ def test_repro_metrics_and_diff(project):
     baselines = json.loads((project.path / "metrics/baselines.json").read_text())
     assert set(baselines) == {"length-only", "eeg-logreg", "eye-logreg", "both-logreg", "chance"}
     assert all(b.keys() == metrics.keys() for b in baselines.values())
+    comparison = json.loads((project.path / "metrics/comparison.json").read_text())
+    assert set(comparison) == set(baselines) and comparison["chance"]["n_subjects"] == 2
+    assert {"mean_difference", "ci95_low", "ci95_high", "wilcoxon_p"} <= set(comparison["both-logreg"]["trial"])
     assert "up to date" in project.run("dvc", "status").stdout
     shown = project.run("dvc", "metrics", "show", "--json").stdout
     assert "accuracy_mean" in shown and "f1_macro_mean" in shown

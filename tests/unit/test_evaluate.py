@@ -71,3 +71,24 @@ def test_length_only_on_synthetic(tiny_frame):
 def test_other_baselines_give_probabilities(tiny_frame, name):
     p = run_baseline(name, tiny_frame, 1, "crop", 12, seed=0)
     assert len(p) == WINDOWS_PER_SUBJECT and np.allclose(p[list(PROBABILITY_COLUMNS)].sum(axis=1), 1, atol=1e-5)
+
+
+def test_paired_comparison_over_subjects():
+    from pipeline.comparison import paired_comparison
+
+    def folds(accuracies):
+        return {s: {"trial": {"accuracy": a}, "window": {"accuracy": a / 2}} for s, a in enumerate(accuracies, 1)}
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, 16)
+    same_gain = paired_comparison(folds(base + 0.1), folds(base), seed=0)
+    assert same_gain["n_subjects"] == 16
+    t = same_gain["trial"]
+    assert t["mean_difference"] == pytest.approx(0.1) and t["ci95_low"] == pytest.approx(0.1) == t["ci95_high"]
+    assert t["wins"] == 16 and t["wilcoxon_p"] < 0.001
+    model = folds(base + rng.normal(0.02, 0.1, 16))
+    noisy = paired_comparison(model, folds(base), seed=0)
+    assert noisy["trial"]["ci95_low"] < noisy["trial"]["mean_difference"] < noisy["trial"]["ci95_high"]
+    assert noisy == paired_comparison(model, folds(base), seed=0)       # seeded: the same interval every time
+    assert paired_comparison(folds(base), folds(base), seed=0)["trial"] == {
+        "mean_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "wilcoxon_p": 1.0, "wins": 0, "ties": 16, "losses": 0}
