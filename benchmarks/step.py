@@ -205,7 +205,8 @@ def main() -> int:
     parser.add_argument("--original-steps", type=int, default=3, help="timed steps at the original's size")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--subjects", type=int, default=15, help="training subjects (a LOSO fold has 15)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the pipeline: compute.threads_per_fold)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (the pipeline: compute.threads_per_fold)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: looked up)")
     args = parser.parse_args()
@@ -218,8 +219,8 @@ def main() -> int:
         print(f"\n{name}: {a['parameters'] / 1e6:.2f} M parameters, batch {a['windows_per_step']} windows, "
               f"{steps} timed steps, {a['device']}")
         for path, r in results.items():
-            line = (f"  {path:9s}  {1 / r['step_s']:8.2f} steps/s  {r['windows_per_step'] / r['step_s']:10.0f} windows/s"
-                    f"  {1000 * r['step_s']:8.1f} ms/step  peak {r['peak_mb']:8.0f} MiB")
+            line = (f"  {path:9s}  {1 / r['step_s']:8.2f} steps/s  {r['windows_per_step'] / r['step_s']:10.0f} "
+                    f"windows/s  {1000 * r['step_s']:8.1f} ms/step  peak {r['peak_mb']:8.0f} MiB")
             if "flop_per_step" in r:
                 peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in r["device"]), None)
                 achieved = r["flop_per_step"] / r["step_s"]

@@ -18,7 +18,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
@@ -104,14 +108,23 @@ def extract(model: CrossModalTransformer, trials: Trials, index: np.ndarray, pro
 
 
 @torch.no_grad()
-def trial_embeddings(model: CrossModalTransformer, trials: Trials, protocol: str, crop: int) -> np.ndarray:
-    """(T, E) fused embedding per trial of ``trials``: the mean over its sequences."""
+def trial_embeddings(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str,
+                     crop: int) -> np.ndarray:
+    """(len(index), E) fused embedding per trial of ``index``: the mean over its test sequences."""
     owners, embeddings = [], []
-    for batch_owners, _, out in run_sequences(model, trials, np.arange(len(trials.lengths)), protocol, crop):
+    for batch_owners, _, out in run_sequences(model, trials, index, protocol, crop):
         owners.append(batch_owners)
         embeddings.append(out.embedding.numpy())
     owners, embeddings = np.concatenate(owners), np.concatenate(embeddings)
-    return np.stack([embeddings[owners == t].mean(0) for t in range(len(trials.lengths))])
+    return np.stack([embeddings[owners == t].mean(0) for t in range(len(index))])
+
+
+def subject_probe(embeddings: np.ndarray, subjects: np.ndarray, seed: int) -> float:
+    """How much subject identity the fused embeddings still carry: 5-fold cross-validated accuracy of a
+    logistic regression predicting the subject (chance: 1 / number of subjects)."""
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(cross_val_score(probe, embeddings, subjects, cv=folds).mean())
 
 
 # --- figures ----------------------------------------------------------------------------------------
@@ -287,29 +300,35 @@ def confusion_figure(matrix: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
-def tsne_figure(embeddings: np.ndarray, labels: np.ndarray, subjects: np.ndarray, held_out: int, seed: int,
-                path: Path, max_points: int = 800) -> Path:
-    """t-SNE of trial embeddings of one fold model, coloured by emotion and by subject."""
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(embeddings), min(max_points, len(embeddings)), replace=False))
-    points = TSNE(n_components=2, perplexity=min(30.0, (len(keep) - 1) / 3), init="pca", random_state=seed
-                  ).fit_transform(embeddings[keep])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
-    for c, name in enumerate(EMOTIONS):
-        chosen = labels[keep] == c
-        left.scatter(*points[chosen].T, s=10, label=name)
-    left.legend(title="emotion", markerscale=2)
-    left.set_title("coloured by emotion")
-    cmap = plt.get_cmap("tab20")
-    for k, s in enumerate(np.unique(subjects[keep])):
-        chosen = subjects[keep] == s
-        right.scatter(*points[chosen].T, s=30 if s == held_out else 8, color=cmap(k % 20),
-                      marker="*" if s == held_out else "o", label=f"{s}{' (held out)' if s == held_out else ''}")
-    right.legend(title="subject", fontsize=7, ncol=2, markerscale=1.5)
-    right.set_title("coloured by subject (well mixed = little subject identity left)")
-    for ax in (left, right):
-        ax.set_xlabel("t-SNE 1")
-        ax.set_ylabel("t-SNE 2")
-    fig.suptitle(f"t-SNE of fused trial embeddings — model of fold {held_out}, "
-                 f"{len(keep)} of {len(embeddings)} trials of {len(np.unique(subjects))} subjects")
+def tsne_figure(held_out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], probe: tuple[int, float, int],
+                seed: int, path: Path) -> Path:
+    """t-SNE of held-out embeddings only: one panel per fold, its model's embeddings of its own held-out
+    subject's trials (models differ, so their spaces are never mixed). ``held_out[s]`` = (embeddings,
+    labels, predicted); ``probe`` = (fold, subject-probe accuracy on that fold's training subjects, number
+    of training subjects)."""
+    columns = min(4, len(held_out))
+    rows = -(-len(held_out) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows + 0.8), squeeze=False,
+                             constrained_layout=True)
+    colors = plt.get_cmap("tab10")
+    for ax, (s, (embeddings, labels, predicted)) in zip(axes.flat, held_out.items()):
+        points = TSNE(n_components=2, perplexity=min(10.0, (len(labels) - 1) / 3), init="pca",
+                      random_state=seed).fit_transform(embeddings)
+        for c, name in enumerate(EMOTIONS):
+            for correct, marker in ((True, "o"), (False, "x")):
+                chosen = (labels == c) & ((predicted == labels) == correct)
+                ax.scatter(*points[chosen].T, s=16, marker=marker, color=colors(c),
+                           label=name if correct else None)
+        ax.set_title(f"subject {s}: {np.mean(predicted == labels):.0%} correct", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(held_out):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="best", title="emotion (o right, x wrong)", title_fontsize=7)
+    fold, accuracy, n_subjects = probe
+    verdict = ("not above chance: no subject identity detectable" if accuracy < 1.5 / n_subjects
+               else "above chance: subject identity remains")
+    fig.suptitle("t-SNE of each fold model's fused embeddings of its own held-out subject (never trained on)\n"
+                 f"subject-identity probe, fold {fold}'s model on its {n_subjects} training subjects: "
+                 f"{accuracy:.1%} cross-validated (chance {1 / n_subjects:.1%}) — {verdict}", fontsize=10)
     return _save(fig, path)

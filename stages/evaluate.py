@@ -1,8 +1,9 @@
-"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs, and
-the model's paired comparison with each baseline over the same held-out subjects.
+"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs, the
+model's paired comparison with each baseline over the same held-out subjects, and every fold's training
+curves in one long table (one chart coloured by fold in ``dvc plots show``).
 
-    python -m stages.evaluate PREDICTIONS BASELINES_PER_SUBJECT METRICS PER_SUBJECT CONFUSION_CSV
-                              PER_SUBJECT_CSV COMPARISON
+    python -m stages.evaluate PREDICTIONS CURVES BASELINES_PER_SUBJECT METRICS PER_SUBJECT CONFUSION_CSV
+                              PER_SUBJECT_CSV CURVES_CSV COMPARISON
 """
 
 import json
@@ -15,9 +16,13 @@ from pipeline.files import atomic_path, write_json
 from pipeline.seedv import EMOTIONS
 from stages.common import params, paths
 
+# What the training-curves chart shows, one panel each (the inner-validation ones only with validation).
+CURVES = {"class_loss": "training loss (per crop)", "val_loss": "inner-validation loss (per trial)",
+          "val_f1": "inner-validation macro-F1 (per trial)"}
+
 if __name__ == "__main__":
-    args = paths(__doc__, "predictions", "baselines", "metrics", "per_subject", "confusion", "per_subject_csv",
-                 "comparison")
+    args = paths(__doc__, "predictions", "curves", "baselines", "metrics", "per_subject", "confusion",
+                 "per_subject_csv", "curves_csv", "comparison")
     p = params()
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     summary, per_subject = evaluate(predictions)
@@ -25,7 +30,7 @@ if __name__ == "__main__":
     write_json(args.per_subject, per_subject)
 
     trials = trial_predictions(predictions)
-    names = dict(enumerate(EMOTIONS))
+    names = {c: f"{c + 1} {e}" for c, e in enumerate(EMOTIONS)}   # numbered: DVC sorts them in label order
     with atomic_path(args.confusion) as tmp:
         pd.DataFrame({"actual": trials["label"].map(names), "predicted": trials["predicted"].map(names)}
                      ).to_csv(tmp, index=False)
@@ -33,6 +38,11 @@ if __name__ == "__main__":
         pd.DataFrame([{"subject": s, "trial_accuracy": m["trial"]["accuracy"],
                        "window_accuracy": m["window"]["accuracy"]} for s, m in per_subject.items()]
                      ).to_csv(tmp, index=False)
+
+    curves = pd.concat([pd.read_csv(args.curves / f"{s}.csv") for s in p.cv.subjects])
+    with atomic_path(args.curves_csv) as tmp:
+        curves.rename(columns=CURVES).melt(["fold", "epoch"], list(CURVES.values()), "curve", "value").dropna(
+            ).to_csv(tmp, index=False)
 
     baselines = {name: {int(s): m for s, m in folds.items()}
                  for name, folds in json.loads(args.baselines.read_text()).items()}

@@ -22,30 +22,36 @@ if __name__ == "__main__":
     trials = Trials.from_frame(read_table(args.features))
     protocol, crop = p.cv.protocol, p.cv.crop_windows
     bins = crop if protocol == "crop" else 20
-    extraction = interpret.Extraction()
+    predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
+    trial_table = trial_predictions(predictions)   # sorted by subject, session, trial, as `trials` is
+    extraction, held_out = interpret.Extraction(), {}
     for subject in tqdm(p.cv.subjects, desc="plots", unit="fold", disable=None):
         model, _ = load_checkpoint(args.models / str(subject) / "model.pt")
-        interpret.extract(model, trials, np.flatnonzero(trials.subjects == subject), protocol, crop, bins, extraction)
+        index = np.flatnonzero(trials.subjects == subject)
+        interpret.extract(model, trials, index, protocol, crop, bins, extraction)
+        held_out[subject] = (interpret.trial_embeddings(model, trials, index, protocol, crop), trials.labels[index],
+                             trial_table.loc[trial_table.subject == subject, "predicted"].to_numpy())
 
-    predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     per_subject = json.loads((args.metrics / "per_subject.json").read_text())
     baselines = json.loads((args.metrics / "baselines_per_subject.json").read_text())
     accuracy = lambda folds: {int(s): m["trial"]["accuracy"] for s, m in folds.items()}  # noqa: E731
 
-    first = p.cv.subjects[0]
-    model, _ = load_checkpoint(args.models / str(first) / "model.pt")
-    embeddings = interpret.trial_embeddings(model, trials, protocol, crop)
+    first = p.cv.subjects[0]           # subject identity left in one fold model's training subjects
+    model, ckpt = load_checkpoint(args.models / str(first) / "model.pt")
+    trained = np.flatnonzero(np.isin(trials.subjects, ckpt["train_subjects"]))
+    probe = (first, interpret.subject_probe(interpret.trial_embeddings(model, trials, trained, protocol, crop),
+                                            trials.subjects[trained], p.train.seed), len(ckpt["train_subjects"]))
     out = args.out
     figures = [
         interpret.cross_attention_figure(extraction, out / "cross_attention.png"),
         interpret.temporal_attention_figure(extraction, out / "temporal_attention.png"),
-        interpret.confidence_figure(trial_predictions(predictions), out / "confidence.png"),
+        interpret.confidence_figure(trial_table, out / "confidence.png"),
         interpret.feature_importance_figure(extraction, out / "feature_importance.png"),
         interpret.subject_variability_figure(
             accuracy(per_subject), {name: accuracy(baselines[name]) for name in ("length-only", "both-logreg")},
             out / "subject_variability.png"),
         interpret.confusion_figure(confusion(predictions, normalize="true"), out / "confusion_normalized.png"),
-        interpret.tsne_figure(embeddings, trials.labels, trials.subjects, first, p.train.seed, out / "tsne.png"),
+        interpret.tsne_figure(held_out, probe, p.train.seed, out / "tsne.png"),
     ]
 
     print(f"wrote {len(figures)} figures to {out}/")

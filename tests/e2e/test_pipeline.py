@@ -27,6 +27,11 @@ def test_repro_metrics_and_diff(project):
     assert "up to date" in project.run("dvc", "status").stdout
     shown = project.run("dvc", "metrics", "show", "--json").stdout
     assert "accuracy_mean" in shown and "f1_macro_mean" in shown
+    # `dvc plots show` needs no network: the project's HTML template carries the Vega libraries.
+    project.run("dvc", "plots", "show", "-o", "plots_page")
+    page = (project.path / "plots_page/index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vega-embed@6.18.2" in page and page.count("vegaEmbed(") >= 3
+    assert "Training curves, one line per LOSO fold" in page
 
     # A changed param on a branch: dvc metrics diff main shows the change.
     project.commit("results")

@@ -2,7 +2,10 @@
 rerun for a file the stage never imports."""
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -84,3 +87,17 @@ def test_only_the_track_stage_runs_logging_code():
 def test_the_import_scan_sees_lazy_and_relative_imports(tmp_path):
     assert "pipeline/files.py" in code_closure("pipeline.seedv")      # lazy, relative, in a function
     assert "pipeline/errors.py" in code_closure("stages.ingest")      # through stages.common
+
+
+def test_dvc_metrics_show_stays_readable():
+    """Only summaries are DVC metrics: `dvc metrics show` / `dvc exp show` keep a few dozen columns
+    (7 in metrics.json, 7 per baseline in baselines.json); per-subject numbers are outputs and plots."""
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout
+
+    def leaves(value):
+        return sum(leaves(v) for v in value.values()) if isinstance(value, dict) else 1
+
+    files = json.loads(shown)[""]["data"]
+    assert set(files) == {"metrics/metrics.json", "metrics/baselines.json"}
+    assert sum(leaves(f["data"]) for f in files.values()) <= 42

@@ -91,4 +91,5 @@ def test_paired_comparison_over_subjects():
     assert noisy["trial"]["ci95_low"] < noisy["trial"]["mean_difference"] < noisy["trial"]["ci95_high"]
     assert noisy == paired_comparison(model, folds(base), seed=0)       # seeded: the same interval every time
     assert paired_comparison(folds(base), folds(base), seed=0)["trial"] == {
-        "mean_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "wilcoxon_p": 1.0, "wins": 0, "ties": 16, "losses": 0}
+        "mean_difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "wilcoxon_p": 1.0,
+        "wins": 0, "ties": 16, "losses": 0}

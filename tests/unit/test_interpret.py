@@ -61,8 +61,10 @@ def test_every_figure_writes_a_png(trials, tmp_path):
                           "predicted": log_p.argmax(1)})
     predictions = pd.DataFrame({"subject": 1, "session": 1, "trial": np.arange(45), "window": 0,
                                 "label": trials.labels[index], **{f"p_{c}": np.exp(log_p[:, c]) for c in range(5)}})
-    embeddings = interpret.trial_embeddings(model(), trials, "crop", 12)
-    assert embeddings.shape == (len(trials.lengths), 32)
+    embeddings = interpret.trial_embeddings(model(), trials, index, "crop", 12)
+    assert embeddings.shape == (len(index), 32)
+    held_out = {1: (embeddings, trials.labels[index], log_p.argmax(1)), 2: (embeddings, trials.labels[index],
+                                                                            trials.labels[index])}
     paths = [
         interpret.cross_attention_figure(ex, tmp_path / "a.png"),
         interpret.temporal_attention_figure(ex, tmp_path / "b.png"),
@@ -70,7 +72,7 @@ def test_every_figure_writes_a_png(trials, tmp_path):
         interpret.feature_importance_figure(ex, tmp_path / "d.png"),
         interpret.subject_variability_figure({1: 0.5, 2: 0.7}, {"length-only": {1: 0.2, 2: 0.2}}, tmp_path / "e.png"),
         interpret.confusion_figure(confusion(predictions, normalize="true"), tmp_path / "f.png"),
-        interpret.tsne_figure(embeddings, trials.labels, trials.subjects, 1, 0, tmp_path / "g.png", max_points=60),
+        interpret.tsne_figure(held_out, (1, 0.5, 2), 0, tmp_path / "g.png"),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
@@ -84,6 +86,14 @@ def test_disabled_components_get_a_note(trials, tmp_path):
     for draw in (interpret.cross_attention_figure, interpret.temporal_attention_figure,
                  interpret.feature_importance_figure):
         assert draw(ex, tmp_path / f"{draw.__name__}.png").stat().st_size > 1000
+
+
+def test_subject_probe_finds_identity_and_chance():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(6), 40)
+    marked = rng.normal(size=(240, 8)) + 3 * np.eye(6, 8)[subjects]     # each subject shifted its own way
+    assert interpret.subject_probe(marked, subjects, seed=0) > 0.9
+    assert interpret.subject_probe(rng.normal(size=(240, 8)), subjects, seed=0) < 0.35   # chance: 1/6
 
 
 def test_expected_calibration_error():
