@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import stats  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E402
@@ -156,41 +157,61 @@ def by_emotion(values: list[np.ndarray], labels: list[int]) -> list[np.ndarray |
 
 
 def cross_attention_figure(ex: Extraction, path: Path) -> Path:
+    """Per direction: the all-emotion mean map, then each emotion's difference from it on a colour scale
+    centred on zero (what is specific to an emotion, not the shared crop-edge pattern)."""
     if not ex.attention["eeg_to_eye"]:
         return disabled_figure(path, "Cross-modal attention", "model.cross_attention is off or one modality")
-    fig, axes = plt.subplots(2, 5, figsize=(16, 6.6), constrained_layout=True)
+    fig, axes = plt.subplots(2, 6, figsize=(19, 6.6), constrained_layout=True)
+    largest = 0.0
     for row, (direction, name) in enumerate((("eeg_to_eye", "EEG queries → eye keys"),
                                              ("eye_to_eeg", "eye queries → EEG keys"))):
-        maps = by_emotion(ex.attention[direction], ex.labels)
-        top = max(np.nanmax(m) for m in maps if m is not None)
-        for c, m in enumerate(maps):
-            ax = axes[row, c]
-            image = ax.imshow(m if m is not None else np.zeros((1, 1)), vmin=0, vmax=top, cmap="viridis")
-            ax.set_title(f"{EMOTIONS[c]}\n{name}", fontsize=9)
+        mean = np.nanmean(np.stack(ex.attention[direction]), axis=0)
+        image = axes[row, 0].imshow(mean, vmin=0, cmap="viridis")
+        axes[row, 0].set_title(f"all emotions (mean)\n{name}", fontsize=9)
+        fig.colorbar(image, ax=axes[row, 0], shrink=0.8, label="attention weight")
+        diffs = [m - mean if m is not None else np.zeros_like(mean)
+                 for m in by_emotion(ex.attention[direction], ex.labels)]
+        bound = max(float(np.abs(d).max()) for d in diffs) or 1e-12
+        largest = max(largest, bound / float(mean.mean()))
+        for c, d in enumerate(diffs):
+            image = axes[row, c + 1].imshow(d, vmin=-bound, vmax=bound, cmap="RdBu_r")
+            axes[row, c + 1].set_title(f"{EMOTIONS[c]} − mean\n{name}", fontsize=9)
+        fig.colorbar(image, ax=axes[row, 1:], shrink=0.8, label="difference from the mean")
+        for ax in axes[row]:
             ax.set_xlabel("key position (relative bin)")
             ax.set_ylabel("query position (relative bin)")
-        fig.colorbar(image, ax=axes[row], shrink=0.8, label="attention weight")
-    fig.suptitle("Cross-modal attention, averaged over held-out trials per emotion")
+    verdict = (f"emotions differ from the mean by at most {largest:.0%} of the mean weight — no emotion-specific "
+               "pattern" if largest < 0.1 else f"largest emotion-specific difference: {largest:.0%} of the mean weight")
+    fig.suptitle(f"Cross-modal attention over held-out trials: the shared pattern, and each emotion's difference "
+                 f"from it ({verdict})")
     return _save(fig, path)
 
 
 def temporal_attention_figure(ex: Extraction, path: Path) -> Path:
+    """Attention each window receives against its relative position, per emotion: the mean over held-out
+    subjects with a 95 % band (± 1.96 standard errors across subjects)."""
     if not ex.temporal["eeg_to_eye"]:
         return disabled_figure(path, "Temporal attention", "model.cross_attention is off or one modality")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True, constrained_layout=True)
+    labels, subjects = np.asarray(ex.labels), np.asarray(ex.subjects)
     for ax, (direction, name) in zip(axes, (("eeg_to_eye", "eye windows attended by EEG"),
                                             ("eye_to_eeg", "EEG windows attended by eye"))):
-        bins = len(ex.temporal[direction][0])
-        grid = (np.arange(bins) + 0.5) / bins
-        for c, curve in enumerate(by_emotion(ex.temporal[direction], ex.labels)):
-            if curve is not None:
-                ax.plot(grid, curve, label=EMOTIONS[c])
+        curves = np.stack(ex.temporal[direction])
+        grid = (np.arange(curves.shape[1]) + 0.5) / curves.shape[1]
+        for c, emotion in enumerate(EMOTIONS):
+            per_subject = np.stack([curves[(labels == c) & (subjects == s)].mean(0) for s in np.unique(subjects)
+                                    if ((labels == c) & (subjects == s)).any()])
+            mean = per_subject.mean(0)
+            half = 1.96 * per_subject.std(0, ddof=1) / np.sqrt(len(per_subject)) if len(per_subject) > 1 else 0 * mean
+            ax.plot(grid, mean, label=emotion)
+            ax.fill_between(grid, mean - half, mean + half, alpha=0.2)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_title(name)
         ax.set_xlabel("relative position in the clip (0 = start, 1 = end)")
         ax.set_ylabel("attention received (1 = uniform)")
     axes[1].legend(title="emotion")
-    fig.suptitle("Temporal attention patterns per emotion (held-out trials)")
+    fig.suptitle(f"Temporal attention per emotion: mean over {len(np.unique(subjects))} held-out subjects, "
+                 "95 % band across subjects")
     return _save(fig, path)
 
 
@@ -222,9 +243,13 @@ def confidence_figure(trial_table, path: Path) -> Path:
     left.legend()
     conf, acc, counts = map(np.array, zip(*table))
     right.plot([0, 1], [0, 1], color="grey", ls="--", label="perfect calibration")
+    intervals = [stats.binomtest(int(round(a * n)), int(n)).proportion_ci(method="wilson") for a, n in zip(acc, counts)]
+    errors = np.array([[a - ci.low for a, ci in zip(acc, intervals)], [ci.high - a for a, ci in zip(acc, intervals)]])
     right.bar(conf, acc, width=0.07, alpha=0.7, label="accuracy per confidence bin")
-    for x, y, n in zip(conf, acc, counts):
-        right.annotate(str(n), (x, y), ha="center", va="bottom", fontsize=7)
+    right.errorbar(conf, acc, yerr=errors, fmt="none", color="black", capsize=3, lw=1,
+                   label="95 % Wilson interval (few trials: wide)")
+    for x, high, n in zip(conf, acc + errors[1], counts):
+        right.annotate(str(n), (x, high), ha="center", va="bottom", fontsize=7)
     right.set_xlim(0, 1)
     right.set_ylim(0, 1.05)
     right.set_xlabel("confidence (mean in bin)")
@@ -235,37 +260,47 @@ def confidence_figure(trial_table, path: Path) -> Path:
 
 
 def feature_importance_figure(ex: Extraction, path: Path) -> Path:
+    """FIM gates per emotion as deviations from the all-emotion mean gate (colour scale centred on zero);
+    the mean gate itself is given in the title."""
     if not ex.fim["eeg"] and not ex.fim["eye"]:
         return disabled_figure(path, "Feature importance (FIM)", "model.feature_importance is off")
     fig = plt.figure(figsize=(16, 13), constrained_layout=True)
     grid = fig.add_gridspec(2, 5, height_ratios=[4, 1])
+    notes = []
     if ex.fim["eeg"]:
-        maps = [m.reshape(len(CHANNELS), len(BANDS)) for m in by_emotion(ex.fim["eeg"], ex.labels)]
-        low, high = min(m.min() for m in maps), max(m.max() for m in maps)
+        mean = np.mean(np.stack(ex.fim["eeg"]), axis=0).reshape(len(CHANNELS), len(BANDS))
+        maps = [m.reshape(len(CHANNELS), len(BANDS)) - mean for m in by_emotion(ex.fim["eeg"], ex.labels)]
+        bound = max(float(np.abs(m).max()) for m in maps) or 1e-12
         for c, m in enumerate(maps):
             ax = fig.add_subplot(grid[0, c])
-            image = ax.imshow(m, aspect="auto", cmap="magma", vmin=low, vmax=high)
-            ax.set_title(f"EEG: {EMOTIONS[c]}")
+            image = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
+            ax.set_title(f"EEG: {EMOTIONS[c]} − mean")
             ax.set_xticks(range(len(BANDS)), BANDS, rotation=45)
             ax.set_yticks(range(len(CHANNELS)), CHANNELS if c == 0 else [""] * len(CHANNELS), fontsize=6)
             ax.set_xlabel("band")
             if c == 0:
                 ax.set_ylabel("channel")
-        fig.colorbar(image, ax=fig.axes[-1], label="FIM weight")
+        fig.colorbar(image, ax=fig.axes[-1], label="gate − mean gate")
+        notes.append(f"EEG mean gate {mean.mean():.2f} (range {mean.min():.2f}–{mean.max():.2f}), emotions deviate "
+                     f"by at most {bound:.3f}")
     ax = fig.add_subplot(grid[1, :])
     if ex.fim["eye"]:
         eye = np.stack(by_emotion(ex.fim["eye"], ex.labels))
-        image = ax.imshow(eye, aspect="auto", cmap="magma")
+        mean = np.mean(np.stack(ex.fim["eye"]), axis=0)
+        bound = float(np.abs(eye - mean).max()) or 1e-12
+        image = ax.imshow(eye - mean, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
         ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
         ax.set_xticks(range(eye.shape[1]), [f"{i:02d}" for i in range(eye.shape[1])], fontsize=7)
-        ax.set_xlabel("eye feature (eye_NN, file order)")
+        ax.set_xlabel("eye feature eye_NN, file order (SEED-V's per-index feature order is not published)")
         ax.set_ylabel("emotion")
-        ax.set_title("Eye-feature FIM weights per emotion")
-        fig.colorbar(image, ax=ax, label="FIM weight")
+        ax.set_title("Eye-feature FIM gate per emotion − mean gate")
+        fig.colorbar(image, ax=ax, label="gate − mean gate")
+        notes.append(f"eye mean gate {mean.mean():.2f}, emotions deviate by at most {bound:.3f}")
     else:
         ax.axis("off")
         ax.text(0.5, 0.5, "eye modality not in model.modalities", ha="center", va="center")
-    fig.suptitle("Feature Importance Module weights, averaged over held-out trials per emotion")
+    fig.suptitle("Feature Importance Module gates over held-out trials, each emotion's deviation from the mean "
+                 "gate\n" + "; ".join(notes))
     return _save(fig, path)
 
 

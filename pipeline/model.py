@@ -28,20 +28,27 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def sinusoid_table(length: int, d_model: int) -> torch.Tensor:
+    """(length, d_model) sinusoidal position codes: sin on even, cos on odd features."""
+    position = torch.arange(length).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)
+    return table
+
+
 class PositionalEncoding(nn.Module):
-    """1. Sinusoidal positional encoding over the window sequence. (B, L, D) -> (B, L, D)."""
+    """1. Sinusoidal positional encoding over the window sequence. (B, L, D) -> (B, L, D), any L."""
 
     def __init__(self, d_model: int, max_len: int = 512):
         super().__init__()
-        position = torch.arange(max_len).unsqueeze(1)
-        frequency = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
-        table = torch.zeros(max_len, d_model)
-        table[:, 0::2] = torch.sin(position * frequency)
-        table[:, 1::2] = torch.cos(position * frequency)
-        self.register_buffer("table", table, persistent=False)
+        self.register_buffer("table", sinusoid_table(max_len, d_model), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.table[: x.shape[1]]
+        length = x.shape[1]
+        table = self.table if length <= len(self.table) else sinusoid_table(length, x.shape[2]).to(x.device)
+        return x + table[:length]
 
 
 class FeatureImportance(nn.Module):

@@ -174,6 +174,9 @@ def train_fold(trials: Trials, held_out: int, params: Params) -> FoldResult:
     train_subjects = sorted(set(trials.subjects[trials.subjects != held_out].tolist()))
     validation = validation_subjects(train_subjects, tp.validation_subjects, tp.seed, held_out)
     inner = [s for s in train_subjects if s not in validation]
+    if not inner:
+        raise ValueError(f"train.validation_subjects: {tp.validation_subjects} inner-validation subjects leave no "
+                         f"subject to train fold {held_out} on (the table has {len(train_subjects)} besides it)")
     model, curves, chosen = fit(trials, inner, params, rng, device, tp.epochs, validation,
                                 desc=f"fold {held_out}")
     fit_subjects = inner

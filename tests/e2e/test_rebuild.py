@@ -38,6 +38,17 @@ def test_parents_children_and_rebuild(project, tmp_path):
         assert "metrics.baseline/length-only/trial/accuracy_mean" in parent.index
     experiment_parent = parents[parents["tags.dvc.experiment"].notna()].iloc[0]
     assert experiment_parent["params.model.heads"] == "4"
+    # Names and keys as the UI shows them: parents after the commit (or the DVC experiment), one metric
+    # namespace, no `epoch` metric (it is the step), bookkeeping tags under `pipeline.`.
+    plain_parent = parents[parents["tags.dvc.experiment"].isna()].iloc[0]
+    assert re.fullmatch(r"[0-9a-f]{6}", plain_parent["tags.mlflow.runName"])
+    assert experiment_parent["tags.mlflow.runName"] == experiment_parent["tags.dvc.experiment"]
+    metric_keys = {c[len("metrics."):] for c in table.columns if c.startswith("metrics.")}
+    assert {"trial/accuracy", "trial/accuracy_mean", "window/accuracy_mean", "baseline/both-logreg/trial/accuracy_mean",
+            "loss", "val_f1", "selection/chosen_epoch", "final/epochs"} <= metric_keys and "epoch" not in metric_keys
+    tags = {c[len("tags."):] for c in table.columns if c.startswith("tags.")}
+    assert all(t.split(".")[0] in ("mlflow", "git", "data", "version", "dvc", "pipeline", "device")
+               for t in tags), sorted(tags)
     folds = table[(table["tags.pipeline.role"] == "fold")]
     assert folds["metrics.train_accuracy"].notna().all() and folds["tags.git.commit"].notna().all()
     history = mlflow.MlflowClient(uri).get_metric_history(folds.iloc[0].run_id, "loss")

@@ -93,3 +93,11 @@ def test_a_failing_fold_stops_the_study_with_one_line(ray_session, trials):
                                          r"feature table$") as info:
         parallel(without_3, tiny(), folds=[3, 1, 2])
     assert "\n" not in str(info.value)
+
+
+def test_an_inner_split_that_leaves_nothing_to_train_on_is_named(trials):
+    only_1_and_2 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in
+                            ("eeg", "eye", "lengths", "labels", "subjects", "sessions", "trials")))
+    with pytest.raises(ValueError, match=r"^train.validation_subjects: 1 inner-validation subjects leave no subject "
+                                         r"to train fold 1 on \(the table has 1 besides it\)$"):
+        train_one(only_1_and_2, 1, tiny())

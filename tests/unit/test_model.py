@@ -153,3 +153,12 @@ def test_inner_validation_chooses_an_epoch_and_refit_trains_on_all(tiny_trials):
     refit = train_fold(tiny_trials, 1, make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
                                                    model=small, train={**base, "refit": True}))
     assert refit.selection["refit"] and refit.train_subjects == [2, 3]
+
+
+def test_positional_encoding_takes_sequences_longer_than_its_table():
+    from pipeline.model import PositionalEncoding, sinusoid_table
+
+    encoding = PositionalEncoding(8, max_len=4)
+    x = torch.zeros(2, 10, 8)
+    assert torch.equal(encoding(x)[0], sinusoid_table(10, 8))
+    assert torch.equal(encoding(x[:, :3]), encoding(x)[:, :3])       # the same codes, short or long
