@@ -37,22 +37,15 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4":
 
 
 def batches(trials, params, n_steps: int, seed: int = 0):
-    """The first ``n_steps`` (positions, owners) batches of training, drawn as pipeline.train.fit does."""
-    import math
-
+    """The first ``n_steps`` (positions, owners) batches of training, drawn as pipeline.train.fit draws them."""
     import numpy as np
 
-    from pipeline.sequences import sequences
+    from pipeline.train import epoch_batches, steps_per_epoch
 
-    cv, tp = params.cv, params.train
-    rng = np.random.default_rng(seed)
-    per_epoch = len(trials.lengths) * tp.crops_per_trial
-    out = []
+    rng, per_epoch, out = np.random.default_rng(seed), steps_per_epoch(len(trials.lengths), params), []
     while len(out) < n_steps:
-        starts = [rng.integers(0, max(n - cv.crop_windows, 0) + 1, tp.crops_per_trial) for n in trials.lengths]
-        positions, owners = sequences(trials.lengths, cv.protocol, cv.crop_windows, starts)
-        order = rng.permutation(len(owners))
-        out += [(positions[b], owners[b]) for b in np.array_split(order, math.ceil(per_epoch / tp.batch_size))]
+        positions, owners, epoch = epoch_batches(trials.lengths, params, rng, per_epoch)
+        out += [(positions[b], owners[b]) for b in epoch]
     return out[:n_steps]
 
 

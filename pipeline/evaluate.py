@@ -37,7 +37,8 @@ def trial_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _scores(labels, predicted) -> dict[str, float]:
+def classification_scores(labels, predicted) -> dict[str, float]:
+    """Accuracy and macro-F1 over the five classes (a class never predicted scores F1 0)."""
     return {"accuracy": float(accuracy_score(labels, predicted)),
             "f1_macro": float(f1_score(labels, predicted, labels=CLASSES, average="macro", zero_division=0))}
 
@@ -46,8 +47,8 @@ def subject_metrics(predictions: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Trial- and window-level scores of one held-out subject's predictions."""
     trials = trial_predictions(predictions)
     window_predicted = log_probabilities(predictions).argmax(1)
-    return {"trial": {**_scores(trials["label"], trials["predicted"]), "n": int(len(trials))},
-            "window": {**_scores(predictions["label"], window_predicted), "n": int(len(predictions))}}
+    return {"trial": {**classification_scores(trials["label"], trials["predicted"]), "n": int(len(trials))},
+            "window": {**classification_scores(predictions["label"], window_predicted), "n": int(len(predictions))}}
 
 
 def summarize(per_subject: dict[int, dict]) -> dict:

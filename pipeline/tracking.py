@@ -97,8 +97,10 @@ class Tracker:
     def run(self, name: str, role: str, params_flat: dict | None = None, tags: dict[str, str] | None = None,
             parent: str | None = None):
         """A run (a child of ``parent`` when given) that ends FINISHED, FAILED on an error, or KILLED on
-        Ctrl-C/SIGTERM (the stage turns SIGTERM into ``SystemExit(143)``)."""
-        self.close_stale()
+        Ctrl-C/SIGTERM (the stage turns SIGTERM into ``SystemExit(143)``). Starting a top-level run first
+        closes the runs that killed processes left RUNNING (once per execution, not per child)."""
+        if parent is None:
+            self.close_stale()
         run_tags = {ROLE_TAG: role, **(tags or {}), **process_tags()}
         if parent:
             run_tags["mlflow.parentRunId"] = parent

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .evaluate import LOG_PROBABILITY_COLUMNS, subject_metrics, trial_predictions
+from .evaluate import LOG_PROBABILITY_COLUMNS, classification_scores, trial_predictions
 from .model import CrossModalTransformer, grl_alpha
 from .params import Params, ParamsError
 from .sequences import Batcher, Trials, autocast, predict_windows, sequences
@@ -68,7 +68,7 @@ def validation_scores(predictions: pd.DataFrame) -> dict[str, float]:
     trials = trial_predictions(predictions)
     log_p = trials[LOG_PROBABILITY_COLUMNS].to_numpy()
     log_p = log_p - np.logaddexp.reduce(log_p, axis=1, keepdims=True)
-    scores = subject_metrics(predictions)["trial"]
+    scores = classification_scores(trials["label"], trials["predicted"])
     return {"val_loss": float(-log_p[np.arange(len(trials)), trials["label"].to_numpy()].mean()),
             "val_accuracy": scores["accuracy"], "val_f1": scores["f1_macro"]}
 
@@ -76,6 +76,22 @@ def validation_scores(predictions: pd.DataFrame) -> dict[str, float]:
 def selection_key(row: dict, select_by: str) -> tuple[float, float]:
     """Smaller is better: the inner-validation loss, or the macro-F1 (ties broken by the loss)."""
     return (row["val_loss"], 0.0) if select_by == "loss" else (-row["val_f1"], row["val_loss"])
+
+
+def steps_per_epoch(n_trials: int, params: Params) -> int:
+    """Optimizer steps per epoch over ``n_trials`` training trials (``train.crops_per_trial`` crops each
+    under ``crop``, one sequence each under ``trial``)."""
+    per_epoch = n_trials * (params.train.crops_per_trial if params.cv.protocol == "crop" else 1)
+    return math.ceil(per_epoch / params.train.batch_size)
+
+
+def epoch_batches(lengths: np.ndarray, params: Params, rng: np.random.Generator, n_steps: int):
+    """One epoch's training sequences, drawn from ``rng``: (N, L) positions, (N,) owners (trial numbers
+    into ``lengths``) and ``n_steps`` shuffled batches of sequence indices."""
+    cv = params.cv
+    starts = [rng.integers(0, max(n - cv.crop_windows, 0) + 1, params.train.crops_per_trial) for n in lengths]
+    positions, owners = sequences(lengths, cv.protocol, cv.crop_windows, starts)
+    return positions, owners, np.array_split(rng.permutation(len(owners)), n_steps)
 
 
 def train_step(model: CrossModalTransformer, optimizer: torch.optim.Optimizer, batch, labels: torch.Tensor,
@@ -114,9 +130,8 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
 
     model = CrossModalTransformer(params.model, n_subjects=len(subjects)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
-    per_epoch = len(lengths) * (tp.crops_per_trial if cv.protocol == "crop" else 1)
-    steps_per_epoch = math.ceil(per_epoch / tp.batch_size)
-    total_steps = epochs * steps_per_epoch
+    epoch_steps = steps_per_epoch(len(lengths), params)
+    total_steps = epochs * epoch_steps
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     batch_of = Batcher(trials, train_index, device)
 
@@ -124,17 +139,15 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None)
     for epoch in bar:
         model.train()
-        starts = [rng.integers(0, max(n - cv.crop_windows, 0) + 1, tp.crops_per_trial) for n in lengths]
-        positions, owners = sequences(lengths, cv.protocol, cv.crop_windows, starts)
-        order = rng.permutation(len(owners))
+        positions, owners, batches = epoch_batches(lengths, params, rng, epoch_steps)
         sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, class, domain, correct
-        for batch in np.array_split(order, steps_per_epoch):
+        for batch in batches:
             alpha = grl_alpha(step / max(total_steps - 1, 1))
             sums += train_step(model, optimizer, batch_of(positions[batch], owners[batch]), labels[owners[batch]],
                                domains[owners[batch]], alpha, tp.domain_weight, tp.grad_clip)
             scheduler.step()
             step += 1
-        loss, class_loss, domain_loss, correct = (sums / len(order)).tolist()   # one host sync per epoch
+        loss, class_loss, domain_loss, correct = (sums / len(owners)).tolist()   # one host sync per epoch
         row = {"epoch": epoch, "loss": loss, "class_loss": class_loss, "domain_loss": domain_loss,
                "train_accuracy": correct, "lr": scheduler.get_last_lr()[0], "grl_alpha": alpha,
                "val_loss": math.nan, "val_accuracy": math.nan, "val_f1": math.nan}

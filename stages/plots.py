@@ -24,23 +24,23 @@ if __name__ == "__main__":
     bins = crop if protocol == "crop" else 20
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     trial_table = trial_predictions(predictions)   # sorted by subject, session, trial, as `trials` is
-    extraction, held_out = interpret.Extraction(), {}
+    extraction, held_out, first = interpret.Extraction(), {}, p.cv.subjects[0]
     for subject in tqdm(p.cv.subjects, desc="plots", unit="fold", disable=None):
-        model, _ = load_checkpoint(args.models / str(subject) / "model.pt")
+        model, ckpt = load_checkpoint(args.models / str(subject) / "model.pt")
         index = np.flatnonzero(trials.subjects == subject)
         interpret.extract(model, trials, index, protocol, crop, bins, extraction)
         held_out[subject] = (interpret.trial_embeddings(model, trials, index, protocol, crop), trials.labels[index],
                              trial_table.loc[trial_table.subject == subject, "predicted"].to_numpy())
+        if subject == first:   # subject identity left in one fold model's embeddings of its training subjects
+            trained = np.flatnonzero(np.isin(trials.subjects, ckpt["train_subjects"]))
+            embeddings = interpret.trial_embeddings(model, trials, trained, protocol, crop)
+            probe = (first, interpret.subject_probe(embeddings, trials.subjects[trained], p.train.seed),
+                     len(ckpt["train_subjects"]))
 
     per_subject = json.loads((args.metrics / "per_subject.json").read_text())
     baselines = json.loads((args.metrics / "baselines_per_subject.json").read_text())
     accuracy = lambda folds: {int(s): m["trial"]["accuracy"] for s, m in folds.items()}  # noqa: E731
 
-    first = p.cv.subjects[0]           # subject identity left in one fold model's training subjects
-    model, ckpt = load_checkpoint(args.models / str(first) / "model.pt")
-    trained = np.flatnonzero(np.isin(trials.subjects, ckpt["train_subjects"]))
-    probe = (first, interpret.subject_probe(interpret.trial_embeddings(model, trials, trained, protocol, crop),
-                                            trials.subjects[trained], p.train.seed), len(ckpt["train_subjects"]))
     out = args.out
     figures = [
         interpret.cross_attention_figure(extraction, out / "cross_attention.png"),
