@@ -111,7 +111,7 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
             for k in range(first, last):
                 positions, owners = stream[k]
                 out = train_step(model, optimizer, batch_of(positions, owners), labels[owners], domains[owners],
-                                 grl_alpha(k / (warmup + steps)), tp.domain_weight, tp.grad_clip)
+                                 grl_alpha(k / (warmup + steps)), tp)
                 scheduler.step()
                 sums += out
                 losses.append(out[0])

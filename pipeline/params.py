@@ -76,6 +76,8 @@ class Train:
     lr: float
     weight_decay: float
     grad_clip: float
+    label_smoothing: float     # cross-entropy label smoothing of the emotion loss
+    input_noise: float         # std of Gaussian noise added to the z-scored training features
     domain_weight: float
     seed: int
     device: str
@@ -123,6 +125,7 @@ RANGES = {
     "model.dropout": (0.0, 0.95),
     "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.crops_per_trial": (1, 1000),
     "train.lr": (1e-12, 10.0), "train.weight_decay": (0.0, 10.0), "train.grad_clip": (1e-12, 1e6),
+    "train.label_smoothing": (0.0, 0.99), "train.input_noise": (0.0, 100.0),
     "train.domain_weight": (0.0, 1000.0), "train.seed": (0, SEED_MAX),
     "train.validation_subjects": (0, N_SUBJECTS - 2), "train.patience": (0, 10_000),
     "compute.threads_per_fold": (1, 256), "compute.gpus_per_fold": (0.01, 8.0),

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .evaluate import LOG_PROBABILITY_COLUMNS, classification_scores, trial_predictions
 from .model import CrossModalTransformer, grl_alpha
-from .params import Params, ParamsError
+from .params import Params, ParamsError, Train
 from .sequences import Batcher, Trials, autocast, predict_windows, sequences
 
 
@@ -95,20 +95,23 @@ def epoch_batches(lengths: np.ndarray, params: Params, rng: np.random.Generator,
 
 
 def train_step(model: CrossModalTransformer, optimizer: torch.optim.Optimizer, batch, labels: torch.Tensor,
-               domains: torch.Tensor, alpha: float, domain_weight: float, grad_clip: float) -> torch.Tensor:
+               domains: torch.Tensor, alpha: float, tp: Train) -> torch.Tensor:
     """One optimizer step on ``batch`` = (eeg (B, L, N_EEG), eye (B, L, N_EYE), valid (B, L)) with class
-    ``labels`` (B,) and subject ``domains`` (B,). Returns the batch's summed (loss, class loss, domain loss,
-    correct) as a float64 tensor on the device: nothing is read back to the host here."""
+    ``labels`` (B,) and subject ``domains`` (B,), regularized as ``tp`` says (Gaussian feature noise of
+    std ``tp.input_noise`` on the z-scored inputs, label smoothing). Returns the batch's summed (loss, class
+    loss, domain loss, correct) as a float64 tensor on the device: nothing is read back to the host here."""
     eeg, eye, valid = batch
+    if tp.input_noise:   # no draw at 0, so the dropout stream (and every result) is unchanged
+        eeg, eye = eeg + tp.input_noise * torch.randn_like(eeg), eye + tp.input_noise * torch.randn_like(eye)
     with autocast(eeg.device):
         out = model(eeg, eye, valid, grl_alpha=alpha)
-        class_loss = nn.functional.cross_entropy(out.logits.float(), labels)
+        class_loss = nn.functional.cross_entropy(out.logits.float(), labels, label_smoothing=tp.label_smoothing)
         domain_loss = (nn.functional.cross_entropy(out.domain_logits.float(), domains)
                        if out.domain_logits is not None else torch.zeros((), device=eeg.device))
-        loss = class_loss + domain_weight * domain_loss
+        loss = class_loss + tp.domain_weight * domain_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
     optimizer.step()
     correct = (out.logits.argmax(-1) == labels).sum()
     n = len(labels)
@@ -144,7 +147,7 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
         for batch in batches:
             alpha = grl_alpha(step / max(total_steps - 1, 1))
             sums += train_step(model, optimizer, batch_of(positions[batch], owners[batch]), labels[owners[batch]],
-                               domains[owners[batch]], alpha, tp.domain_weight, tp.grad_clip)
+                               domains[owners[batch]], alpha, tp)
             scheduler.step()
             step += 1
         loss, class_loss, domain_loss, correct = (sums / len(owners)).tolist()   # one host sync per epoch
