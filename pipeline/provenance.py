@@ -71,12 +71,16 @@ def alive(tags: dict[str, str]) -> bool:
     return True
 
 
+PROCESS_TAGS = ("pipeline.host", "pipeline.pid", "pipeline.boot")
+
+
 def process_tags() -> dict[str, str]:
+    """The tags (:data:`PROCESS_TAGS`) that let :func:`alive` tell whether this process still runs."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = ""
-    return {"pipeline.host": platform.node(), "pipeline.pid": str(os.getpid()), "pipeline.boot": boot}
+    return dict(zip(PROCESS_TAGS, (platform.node(), str(os.getpid()), boot)))
 
 
 def environment_tags() -> dict[str, str]:

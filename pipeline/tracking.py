@@ -16,14 +16,17 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .mlflow_store import check_store, create_run_once, retry, store_lock, tracking_uri
-from .provenance import alive, data_hashes, environment_tags, git_state, process_tags, run_label
+from .mlflow_store import REQUEST_TAG, check_store, create_run_once, retry, store_lock, tracking_uri
+from .provenance import PROCESS_TAGS, alive, data_hashes, environment_tags, git_state, process_tags, run_label
 
-# Opens the experiment in MLflow 3's model-training view, not its GenAI one (value from the pinned UI).
+# The experiment's kind for MLflow's experiment-kind selector. The pinned UI (3.17) opens in whatever view
+# the browser last chose (GenAI by default) whatever this tag says: links carry ?workflowType=machine_learning.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "?workflowType=machine_learning"
 ROLE_TAG = "pipeline.role"  # parent | fold | final
 BATCH = 1000                # MLflow's limit of metrics per log_batch call
 SERVING_PACKAGES = ("mlflow", "numpy", "pyyaml", "torch")   # what pipeline.serving and pipeline.model import
+BOOKKEEPING_TAGS = (*PROCESS_TAGS, REQUEST_TAG)   # only on RUNNING runs (see Tracker.end)
 
 
 def provenance() -> dict[str, str]:
@@ -111,15 +114,28 @@ class Tracker:
             yield run_id
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 143)
-            retry(self.client.set_terminated, run_id, "KILLED" if interrupted else "FAILED")
+            self.end(run_id, "KILLED" if interrupted else "FAILED")
             raise
-        retry(self.client.set_terminated, run_id, "FINISHED")
+        self.end(run_id, "FINISHED")
+
+    def end(self, run_id: str, status: str) -> None:
+        """Terminate a run and drop its bookkeeping tags (process and request ids): they only serve
+        :meth:`close_stale` and :func:`create_run_once` while the run is RUNNING, and clutter the UI after."""
+        from mlflow.exceptions import MlflowException
+
+        retry(self.client.set_terminated, run_id, status)
+        for key in BOOKKEEPING_TAGS:
+            try:
+                retry(self.client.delete_tag, run_id, key)
+            except MlflowException as exc:   # already gone: a retried call whose first answer was lost
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
 
     def close_stale(self) -> None:
         """Mark as KILLED every RUNNING run whose process is gone (a SIGKILLed process leaves it RUNNING)."""
         for run in retry(self.client.search_runs, [self.experiment_id], "attributes.status = 'RUNNING'"):
             if not alive(run.data.tags):
-                retry(self.client.set_terminated, run.info.run_id, "KILLED")
+                self.end(run.info.run_id, "KILLED")
 
     def describe(self, run_id: str, text: str) -> None:
         """The run's description (the note shown at the top of its page in the UI)."""

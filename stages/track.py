@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipeline.files import write_json
 from pipeline.model import serving_example
-from pipeline.tracking import Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
+from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import params, paths, user_errors
 
 ALIAS = "candidate"
@@ -75,4 +75,5 @@ if __name__ == "__main__":
     write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs,
                              "registered": f"models:/{p.mlflow.experiment}@{ALIAS}"})
     print(f"logged {len(runs)} runs under parent '{name}' to {tracker.uri}; registered "
-          f"models:/{p.mlflow.experiment}@{ALIAS} (version {version.version})")
+          f"models:/{p.mlflow.experiment}@{ALIAS} (version {version.version}); in `mlflow ui`: "
+          f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{parent}{UI_VIEW}")

@@ -6,6 +6,8 @@ import sys
 import mlflow
 import pytest
 
+from pipeline import tracking
+
 pytestmark = pytest.mark.e2e
 
 
@@ -49,6 +51,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
     tags = {c[len("tags."):] for c in table.columns if c.startswith("tags.")}
     assert all(t.split(".")[0] in ("mlflow", "git", "data", "version", "dvc", "pipeline", "device")
                for t in tags), sorted(tags)
+    assert not set(tracking.BOOKKEEPING_TAGS) & tags   # process/request ids are dropped when a run ends
     folds = table[(table["tags.pipeline.role"] == "fold")]
     assert folds["metrics.train_accuracy"].notna().all() and folds["tags.git.commit"].notna().all()
     history = mlflow.MlflowClient(uri).get_metric_history(folds.iloc[0].run_id, "loss")

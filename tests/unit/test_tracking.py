@@ -116,3 +116,23 @@ def test_a_retried_create_run_leaves_no_duplicate(tmp_path):
 
     run = mlflow_store.create_run_once(LosesFirstAnswer(), experiment, "r", {"a": "b"})
     assert [r.info.run_id for r in client.search_runs([experiment])] == [run.info.run_id]
+
+
+def test_ended_runs_keep_no_bookkeeping_tags(tmp_path, monkeypatch):
+    """Process and request ids serve only RUNNING runs; finished, failed and killed ones drop them."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    child = process_with_open_runs()
+    running = tracking.Tracker("t")
+    open_runs = running.client.search_runs([running.experiment_id])
+    assert all(set(tracking.BOOKKEEPING_TAGS) <= set(r.data.tags) for r in open_runs)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    tracker = tracking.Tracker("t")
+    with tracker.run("done", "parent") as parent, tracker.run("fold 1", "fold", parent=parent):
+        pass
+    with pytest.raises(ValueError), tracker.run("failed", "parent"):
+        raise ValueError("boom")
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"KILLED", "FINISHED", "FAILED"}
+    assert all(not set(tracking.BOOKKEEPING_TAGS) & set(r.data.tags) for r in runs)
+    assert all(r.data.tags["pipeline.role"] in ("parent", "fold") for r in runs)
