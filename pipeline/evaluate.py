@@ -74,3 +74,22 @@ def confusion(predictions: pd.DataFrame, normalize: str | None = None) -> np.nda
     trials = trial_predictions(predictions)
     return confusion_matrix(trials["label"], trials["predicted"], labels=CLASSES, normalize=normalize)
 
+
+
+def seed_summary(folds: dict[int, dict]) -> tuple[dict, dict[int, dict]]:
+    """Seed variance from the fold metrics of a run with several training seeds (their ``seeds`` maps):
+    (the ``seeds`` section of ``metrics.json``: each seed's mean over subjects, their mean and sample std
+    over seeds; per-subject accuracies averaged over seeds). ``({}, {})`` with one seed."""
+    if not all("seeds" in fold for fold in folds.values()):
+        return {}, {}
+    seeds = sorted(next(iter(folds.values()))["seeds"], key=int)
+    out: dict[str, float] = {"n": len(seeds)}
+    for level in ("trial", "window"):
+        per_seed = [summarize({s: fold["seeds"][k] for s, fold in folds.items()})[level]["accuracy_mean"]
+                    for k in seeds]
+        out[f"{level}_accuracy_mean"] = float(np.mean(per_seed))
+        out[f"{level}_accuracy_std"] = float(np.std(per_seed, ddof=1))
+        out.update({f"{level}_accuracy_seed_{k}": float(v) for k, v in zip(seeds, per_seed)})
+    averaged = {s: {level: {"accuracy": float(np.mean([fold["seeds"][k][level]["accuracy"] for k in seeds]))}
+                    for level in ("trial", "window")} for s, fold in folds.items()}
+    return out, averaged

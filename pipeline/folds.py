@@ -9,6 +9,9 @@ talks to MLflow: the ``track`` stage logs the written folds afterwards.
   quiet logs) and shuts it down at the end.
 - Resources per fold: ``compute.threads_per_fold`` CPUs (the torch thread count, which can change the
   last bits of a result) and, when the cluster has GPUs, ``compute.gpus_per_fold`` of a GPU.
+- Seeds: with ``train.seeds`` = n > 1 every fold is trained n times, seeded ``train.seed`` + 0 .. n-1 (one
+  task each); the extra trainings exist to measure seed variance. Each is exactly what a run with that
+  ``train.seed`` and one seed gives.
 - Results do not depend on parallelism: a fold's seed, data and thread count are fixed by the params,
   whichever worker runs it and whatever runs beside it; :func:`train_one` outside Ray gives the same bits.
 - Faults: a worker process that dies mid-fold is retried by Ray (the fold restarts from its seed); a fold
@@ -17,6 +20,7 @@ talks to MLflow: the ``track`` stage logs the written folds afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ RUNTIME_EXCLUDES = [".git", ".venv", ".dvc/cache", ".dvc/tmp", "data", "mlruns",
 @dataclass
 class FoldOutput:
     held_out: int
+    seed: int            # the train.seed this training used
     result: FoldResult
     metrics: dict
     seconds: float
@@ -47,13 +52,21 @@ class FoldFailed(RuntimeError):
     """A fold raised: the message is one line naming the fold and its error."""
 
 
-def train_one(trials: Trials, held_out: int, params: Params) -> FoldOutput:
-    """Train and test one fold with ``compute.threads_per_fold`` torch threads."""
+def training_seeds(params: Params) -> list[int]:
+    """The seeds each fold is trained with: ``train.seed`` first, then the extra ones."""
+    return [params.train.seed + k for k in range(params.train.seeds)]
+
+
+def train_one(trials: Trials, held_out: int, params: Params, seed: int | None = None) -> FoldOutput:
+    """Train and test one fold (seeded ``seed``, default ``train.seed``) with ``compute.threads_per_fold``
+    torch threads."""
     start = time.monotonic()
+    seed = params.train.seed if seed is None else seed
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=seed))
     torch.set_num_threads(params.compute.threads_per_fold)
     result = train_fold(trials, held_out, params)
     result.model = result.model.cpu().eval()
-    return FoldOutput(held_out, result, subject_metrics(result.predictions), time.monotonic() - start)
+    return FoldOutput(held_out, seed, result, subject_metrics(result.predictions), time.monotonic() - start)
 
 
 def _start_ray(root: Path) -> bool:
@@ -72,7 +85,8 @@ def _start_ray(root: Path) -> bool:
 
 def run_folds(trials: Trials, params: Params, folds: list[int], on_done: Callable[[FoldOutput, int], None],
               root: Path = Path(".")) -> None:
-    """Train ``folds`` as Ray tasks; call ``on_done(output, n_done)`` in the driver as each finishes."""
+    """Train ``folds`` (each once per training seed) as Ray tasks; call ``on_done(output, n_done)`` in the
+    driver as each finishes."""
     import ray
 
     started = _start_ray(root)
@@ -81,18 +95,20 @@ def run_folds(trials: Trials, params: Params, folds: list[int], on_done: Callabl
         task = ray.remote(train_one).options(num_cpus=params.compute.threads_per_fold, num_gpus=gpus,
                                              max_retries=RETRIES, retry_exceptions=False)
         trials_ref = ray.put(trials)
-        pending = {task.remote(trials_ref, s, params): s for s in folds}
+        pending = {task.remote(trials_ref, s, params, seed): (s, seed)
+                   for s in folds for seed in training_seeds(params)}
         done = 0
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                held_out = pending.pop(ready[0])
+                held_out, seed = pending.pop(ready[0])
                 try:
                     output = ray.get(ready[0])
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.cause if exc.cause is not None else exc
                     what = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
-                    raise FoldFailed(f"fold {held_out} failed: {what}") from None
+                    name = f"fold {held_out}" + (f" (seed {seed})" if params.train.seeds > 1 else "")
+                    raise FoldFailed(f"{name} failed: {what}") from None
                 done += 1
                 on_done(output, done)
         finally:

@@ -80,6 +80,7 @@ class Train:
     input_noise: float         # std of Gaussian noise added to the z-scored training features
     domain_weight: float
     seed: int
+    seeds: int                 # training seeds per fold: seed, seed + 1, ... (extra ones only for variance)
     device: str
     validation_subjects: int   # inner-validation subjects per fold (0: no model selection, last epoch)
     patience: int              # early stopping: epochs without inner-validation improvement (0: never)
@@ -127,6 +128,7 @@ RANGES = {
     "train.lr": (1e-12, 10.0), "train.weight_decay": (0.0, 10.0), "train.grad_clip": (1e-12, 1e6),
     "train.label_smoothing": (0.0, 0.99), "train.input_noise": (0.0, 100.0),
     "train.domain_weight": (0.0, 1000.0), "train.seed": (0, SEED_MAX),
+    "train.seeds": (1, 100),
     "train.validation_subjects": (0, N_SUBJECTS - 2), "train.patience": (0, 10_000),
     "compute.threads_per_fold": (1, 256), "compute.gpus_per_fold": (0.01, 8.0),
 }

@@ -2,8 +2,12 @@
 model's paired comparison with each baseline over the same held-out subjects, and every fold's training
 curves in one long table (one chart coloured by fold in ``dvc plots show``).
 
-    python -m stages.evaluate PREDICTIONS CURVES BASELINES_PER_SUBJECT METRICS PER_SUBJECT CONFUSION_CSV
-                              PER_SUBJECT_CSV CURVES_CSV COMPARISON
+    python -m stages.evaluate PREDICTIONS CURVES FOLD_METRICS BASELINES_PER_SUBJECT METRICS PER_SUBJECT
+                              CONFUSION_CSV PER_SUBJECT_CSV CURVES_CSV COMPARISON
+
+With several training seeds (``train.seeds``) ``metrics.json`` gains a ``seeds`` section (each seed's
+accuracy, their mean and sample std over seeds) and the comparison pairs each subject's accuracy averaged
+over the seeds; everything else is the ``train.seed`` training.
 """
 
 import json
@@ -11,7 +15,7 @@ import json
 import pandas as pd
 
 from pipeline.comparison import paired_comparison
-from pipeline.evaluate import evaluate, trial_predictions
+from pipeline.evaluate import evaluate, seed_summary, trial_predictions
 from pipeline.files import atomic_path, write_json
 from pipeline.seedv import EMOTIONS
 from stages.common import params, paths
@@ -21,12 +25,14 @@ CURVES = {"class_loss": "training loss (per crop)", "val_loss": "inner-validatio
           "val_f1": "inner-validation macro-F1 (per trial)"}
 
 if __name__ == "__main__":
-    args = paths(__doc__, "predictions", "curves", "baselines", "metrics", "per_subject", "confusion",
+    args = paths(__doc__, "predictions", "curves", "fold_metrics", "baselines", "metrics", "per_subject", "confusion",
                  "per_subject_csv", "curves_csv", "comparison")
     p = params()
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     summary, per_subject = evaluate(predictions)
-    write_json(args.metrics, summary)
+    seeds, over_seeds = seed_summary({s: json.loads((args.fold_metrics / f"{s}.json").read_text())
+                                      for s in p.cv.subjects})
+    write_json(args.metrics, {**summary, **({"seeds": seeds} if seeds else {})})
     write_json(args.per_subject, per_subject)
 
     trials = trial_predictions(predictions)
@@ -46,11 +52,16 @@ if __name__ == "__main__":
 
     baselines = {name: {int(s): m for s, m in folds.items()}
                  for name, folds in json.loads(args.baselines.read_text()).items()}
-    comparison = {name: paired_comparison(per_subject, folds, p.train.seed) for name, folds in baselines.items()}
+    model = over_seeds or per_subject
+    comparison = {name: paired_comparison(model, folds, p.train.seed) for name, folds in baselines.items()}
     write_json(args.comparison, comparison)
 
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"over {summary['n_folds']} held-out subjects")
+    if seeds:
+        print(f"over {seeds['n']} training seeds: trial accuracy {seeds['trial_accuracy_mean']:.4f} ± "
+              f"{seeds['trial_accuracy_std']:.4f}, window {seeds['window_accuracy_mean']:.4f} ± "
+              f"{seeds['window_accuracy_std']:.4f} (mean ± sample std of the per-seed means)")
     for name, c in comparison.items():
         t = c["trial"]
         print(f"  model − {name:12s} trial accuracy {100 * t['mean_difference']:+5.1f} points (95 % CI "

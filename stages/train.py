@@ -4,9 +4,11 @@
     python -m stages.train FEATURES MODELS PREDICTIONS FOLD_METRICS CURVES --fold 3   (one fold, no Ray)
 
 Writes, per held-out subject s, MODELS/<s>/model.pt, PREDICTIONS/<s>.parquet, FOLD_METRICS/<s>.json and
-CURVES/<s>.csv. The four folders are built under temporary names and renamed into place only when every
-fold has succeeded, so a failed run leaves none of them behind (``--fold`` replaces just that fold's
-files). Nothing here talks to MLflow: the ``track`` stage logs the folds from these files.
+CURVES/<s>.csv. With ``train.seeds`` > 1 each fold is trained once per seed; the files are those of the
+``train.seed`` training, and FOLD_METRICS/<s>.json also holds every seed's metrics under ``seeds``. The
+four folders are built under temporary names and renamed into place only when every fold has succeeded,
+so a failed run leaves none of them behind (``--fold`` replaces just that fold's files). Nothing here
+talks to MLflow: the ``track`` stage logs the folds from these files.
 
 Subject ids never appear in dvc.yaml: they come from the validated params here, so a hostile
 ``cv.subjects`` value cannot reach a shell command or an output path that DVC deletes.
@@ -21,14 +23,18 @@ from pathlib import Path
 from pipeline.evaluate import summarize
 from pipeline.features import read_table
 from pipeline.files import atomic_path, atomic_paths, write_json
-from pipeline.folds import FoldFailed, FoldOutput, run_folds, train_one
+from pipeline.folds import FoldFailed, FoldOutput, run_folds, train_one, training_seeds
 from pipeline.model import save_checkpoint
 from pipeline.sequences import Trials
 from pipeline.train import resolve_device
 from stages.common import params, paths, user_errors
 
 
-def write_fold(output: FoldOutput, p, device, models: Path, predictions: Path, folds: Path, curves: Path) -> None:
+def write_fold(outputs: list[FoldOutput], p, device, models: Path, predictions: Path, folds: Path,
+               curves: Path) -> None:
+    """One fold's files from its trainings (``train.seed`` first): the first one's model, predictions and
+    curves; its metrics, and with several seeds every seed's metrics under ``seeds``."""
+    output = outputs[0]
     s, result = output.held_out, output.result
     with atomic_path(models / str(s) / "model.pt") as tmp:
         save_checkpoint(tmp, result.model, p, result.train_subjects, s)
@@ -36,7 +42,9 @@ def write_fold(output: FoldOutput, p, device, models: Path, predictions: Path, f
         result.predictions.to_parquet(tmp, index=False)
     with atomic_path(curves / f"{s}.csv") as tmp:
         result.curves.assign(fold=s).to_csv(tmp, index=False)
-    write_json(folds / f"{s}.json", {**output.metrics, "selection": result.selection, "device": device.type})
+    seeds = {str(o.seed): {**o.metrics, "selection": o.result.selection} for o in outputs}
+    write_json(folds / f"{s}.json", {**output.metrics, "selection": result.selection, "device": device.type,
+                                     **({"seeds": seeds} if len(outputs) > 1 else {})})
 
 
 def main() -> None:
@@ -52,24 +60,32 @@ def main() -> None:
     trials = Trials.from_frame(read_table(args.features))
     outputs = (args.models, args.predictions, args.fold_metrics, args.curves)
 
+    seeds = training_seeds(p)
     if args.fold is not None:
-        output = train_one(trials, args.fold, p)
-        write_fold(output, p, device, *outputs)
-        print(f"fold {args.fold}: trial accuracy {output.metrics['trial']['accuracy']:.3f}")
+        trained = [train_one(trials, args.fold, p, seed) for seed in seeds]
+        write_fold(trained, p, device, *outputs)
+        print(f"fold {args.fold}: trial accuracy {trained[0].metrics['trial']['accuracy']:.3f}")
         return
 
-    folds, start, per_subject = p.cv.subjects, time.monotonic(), {}
+    folds, start, per_subject, trained = p.cv.subjects, time.monotonic(), {}, {}
+    total = len(folds) * len(seeds)
 
     def on_done(output: FoldOutput, done: int) -> None:
-        write_fold(output, p, device, *temporaries)
-        per_subject[output.held_out] = output.metrics
+        trained.setdefault(output.held_out, {})[output.seed] = output
+        if len(trained[output.held_out]) == len(seeds):   # the fold's every seed is in: write its files
+            done_fold = trained.pop(output.held_out)
+            write_fold([done_fold[seed] for seed in seeds], p, device, *temporaries)
+        if output.seed == p.train.seed:
+            per_subject[output.held_out] = output.metrics
         elapsed = time.monotonic() - start
-        eta = elapsed / done * (len(folds) - done)
-        print(f"fold {done}/{len(folds)} (subject {output.held_out}) done in {output.seconds:.0f} s: trial "
-              f"accuracy {output.metrics['trial']['accuracy']:.3f}, window {output.metrics['window']['accuracy']:.3f}"
-              f" | elapsed {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+        what = ("fold", f"subject {output.held_out}") if len(seeds) == 1 else (
+            "training", f"subject {output.held_out}, seed {output.seed}")
+        print(f"{what[0]} {done}/{total} ({what[1]}) done in {output.seconds:.0f} s: trial accuracy "
+              f"{output.metrics['trial']['accuracy']:.3f}, window {output.metrics['window']['accuracy']:.3f}"
+              f" | elapsed {elapsed:.0f} s, ETA {elapsed / done * (total - done):.0f} s", flush=True)
 
-    print(f"training {len(folds)} folds on Ray ({p.compute.threads_per_fold} thread(s) each, {device})", flush=True)
+    print(f"training {len(folds)} folds × {len(seeds)} seed(s) on Ray ({p.compute.threads_per_fold} thread(s) each,"
+          f" {device})", flush=True)
     with atomic_paths(*outputs) as temporaries:
         try:
             run_folds(trials, p, folds, on_done)

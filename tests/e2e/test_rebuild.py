@@ -21,7 +21,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
     project.make_tiny()
     project.run("dvc", "repro")
     project.commit("results")
-    project.run("dvc", "exp", "run", "-S", "model.heads=4")
+    project.run("dvc", "exp", "run", "-S", "model.heads=4", "-S", "train.seeds=2")   # 2 trainings per fold
 
     table = runs(uri)
     parents = table[table["tags.pipeline.role"] == "parent"]
@@ -40,6 +40,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
         assert "metrics.baseline/length-only/trial/accuracy_mean" in parent.index
     experiment_parent = parents[parents["tags.dvc.experiment"].notna()].iloc[0]
     assert experiment_parent["params.model.heads"] == "4"
+    assert experiment_parent["metrics.seeds/n"] == 2 and experiment_parent["metrics.seeds/trial_accuracy_std"] >= 0
     # Names and keys as the UI shows them: parents after the commit (or the DVC experiment), one metric
     # namespace, no `epoch` metric (it is the step), bookkeeping tags under `pipeline.`.
     plain_parent = parents[parents["tags.dvc.experiment"].isna()].iloc[0]

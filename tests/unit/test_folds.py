@@ -6,10 +6,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pipeline.evaluate import seed_summary
 from pipeline.folds import FoldFailed, run_folds, train_one
 from pipeline.sequences import Trials
 from tests.conftest import make_params
@@ -101,3 +103,24 @@ def test_an_inner_split_that_leaves_nothing_to_train_on_is_named(trials):
     with pytest.raises(ValueError, match=r"^train.validation_subjects: 1 inner-validation subjects leave no subject "
                                          r"to train fold 1 on \(the table has 1 besides it\)$"):
         train_one(only_1_and_2, 1, tiny())
+
+
+def test_each_extra_seed_is_the_run_with_that_seed(ray_session, trials):
+    """train.seeds = 2: every fold trained with train.seed and train.seed + 1, each exactly what a one-seed
+    run with that train.seed gives; seed_summary reports their mean and spread."""
+    outputs = {}
+    run_folds(trials, tiny(seed=5, seeds=2), FOLDS,
+              lambda output, done: outputs.update({(output.held_out, output.seed): output}))
+    assert set(outputs) == {(s, seed) for s in FOLDS for seed in (5, 6)}
+    for s in FOLDS:
+        assert_same(outputs[s, 5], train_one(trials, s, tiny(seed=5)))
+        assert_same(outputs[s, 6], train_one(trials, s, tiny(seed=6)))
+    folds = {s: {"seeds": {str(seed): outputs[s, seed].metrics for seed in (5, 6)}} for s in FOLDS}
+    seeds, averaged = seed_summary(folds)
+    per_seed = [np.mean([outputs[s, seed].metrics["trial"]["accuracy"] for s in FOLDS]) for seed in (5, 6)]
+    assert seeds["n"] == 2 and seeds["trial_accuracy_seed_6"] == pytest.approx(per_seed[1])
+    assert seeds["trial_accuracy_mean"] == pytest.approx(np.mean(per_seed))
+    assert seeds["trial_accuracy_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert averaged[1]["trial"]["accuracy"] == pytest.approx(
+        np.mean([outputs[1, seed].metrics["trial"]["accuracy"] for seed in (5, 6)]))
+    assert seed_summary({s: {} for s in FOLDS}) == ({}, {})
