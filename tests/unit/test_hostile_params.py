@@ -16,7 +16,7 @@ def refused(match, **sections):
     return str(info.value)
 
 
-@pytest.mark.parametrize("key", ["lr", "weight_decay", "domain_weight", "grad_clip"])
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "domain_weight", "grad_clip", "label_smoothing", "input_noise"])
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_non_finite_numbers_are_refused(key, value):
     refused(rf"train.{key}: .* is not a finite number", train={key: value})
@@ -28,6 +28,9 @@ def test_non_finite_numbers_are_refused(key, value):
     ("model", "d_model", 65536, r"model.d_model: 65536 is outside \[2, 4096\]"),
     ("model", "dropout", 1.0, r"model.dropout: 1.0 is outside"),
     ("train", "epochs", 0, r"train.epochs: 0 is outside"),
+    ("train", "seeds", 0, r"train.seeds: 0 is outside \[1, 100\]"),
+    ("train", "label_smoothing", 1.0, r"train.label_smoothing: 1.0 is outside"),
+    ("train", "input_noise", -0.1, r"train.input_noise: -0.1 is outside"),
     ("train", "lr", 0, r"train.lr: 0.0 is outside"),
     ("cv", "crop_windows", 10**9, r"cv.crop_windows: .* is outside"),
     ("model", "heads", True, r"model.heads: True should be int"),

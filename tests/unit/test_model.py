@@ -162,3 +162,27 @@ def test_positional_encoding_takes_sequences_longer_than_its_table():
     x = torch.zeros(2, 10, 8)
     assert torch.equal(encoding(x)[0], sinusoid_table(10, 8))
     assert torch.equal(encoding(x[:, :3]), encoding(x)[:, :3])       # the same codes, short or long
+
+
+def test_regularizers_act_only_when_set():
+    """train_step: input_noise 0 draws nothing from torch's RNG (so every default result is unchanged);
+    noise > 0 perturbs the inputs; label smoothing changes the emotion loss."""
+    from pipeline.train import train_step
+
+    def step(**train):
+        torch.manual_seed(0)
+        model = CrossModalTransformer(SMALL, n_subjects=3).eval()   # eval: no dropout draws
+        tp = make_params(train=train).train
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        eeg, eye, valid = batch()
+        before = torch.random.get_rng_state()
+        sums = train_step(model, optimizer, (eeg, eye, valid), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]),
+                          0.5, tp)
+        return sums[1].item(), torch.equal(before, torch.random.get_rng_state())
+
+    plain, untouched = step(input_noise=0.0, label_smoothing=0.0)
+    noisy, untouched_noisy = step(input_noise=0.3, label_smoothing=0.0)
+    smoothed, _ = step(input_noise=0.0, label_smoothing=0.2)
+    assert untouched and not untouched_noisy
+    assert noisy != plain and smoothed != plain
+    assert step(input_noise=0.0, label_smoothing=0.0)[0] == plain
