@@ -151,8 +151,11 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
             total_loss, correct, first_loss = 0.0, 0, None
             for k in range(first, last):
                 eeg, eye, valid, y, d = (t.to(device) for t in next(loaded))
+                if tp.input_noise:   # the same regularized objective as the project's step
+                    noise = tp.input_noise
+                    eeg, eye = eeg + noise * torch.randn_like(eeg), eye + noise * torch.randn_like(eye)
                 out = model(eeg, eye, valid, grl_alpha=grl_alpha(k / (warmup + steps)))
-                class_loss = nn.functional.cross_entropy(out.logits, y)
+                class_loss = nn.functional.cross_entropy(out.logits, y, label_smoothing=tp.label_smoothing)
                 loss = class_loss + tp.domain_weight * nn.functional.cross_entropy(out.domain_logits, d)
                 optimizer.zero_grad()
                 loss.backward()
