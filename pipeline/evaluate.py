@@ -75,7 +75,6 @@ def confusion(predictions: pd.DataFrame, normalize: str | None = None) -> np.nda
     return confusion_matrix(trials["label"], trials["predicted"], labels=CLASSES, normalize=normalize)
 
 
-
 def seed_summary(folds: dict[int, dict]) -> tuple[dict, dict[int, dict]]:
     """Seed variance from the fold metrics of a run with several training seeds (their ``seeds`` maps):
     (the ``seeds`` section of ``metrics.json``: each seed's mean over subjects, their mean and sample std

@@ -40,6 +40,7 @@ class TrackingStoreError(UserError, RuntimeError):
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+LOCK_WAIT = 30        # seconds the check waits for a writer to let go of the store
 
 
 def check_store(uri: str) -> None:
@@ -63,9 +64,11 @@ def check_store(uri: str) -> None:
     if header != SQLITE_HEADER:
         raise TrackingStoreError(f"{path}: the MLflow store is not an SQLite database (overwritten?) — {fix}")
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_WAIT)) as db:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as exc:
+        if _transient(exc):    # another process held its write lock all along: a working database
+            return
         verdict = str(exc)
     if verdict != "ok":
         raise TrackingStoreError(f"{path}: the MLflow store is damaged ({' '.join(verdict.split())[:120]}) — {fix}")

@@ -45,7 +45,8 @@ def project(tmp_path):
     """A committed copy of the project's files (no data, no caches) in its own git repository.
 
     ``project.run(*args)`` runs a command there with the test's Python environment on PATH (and
-    ``project.env``, MLflow pointing at a SQLite file in the test's folder);
+    ``project.env``, MLflow pointing at a SQLite file in the test's folder), raising
+    ``subprocess.TimeoutExpired`` after ``timeout`` seconds when one is given;
     ``project.set_params(section, **values)`` edits params.yaml.
     """
     dest = tmp_path / "project"
@@ -64,8 +65,8 @@ def project(tmp_path):
         def __init__(self):
             self.env = env
 
-        def run(self, *args, check=True):
-            result = subprocess.run(args, cwd=dest, env=self.env, capture_output=True, text=True)
+        def run(self, *args, check=True, timeout=None):
+            result = subprocess.run(args, cwd=dest, env=self.env, capture_output=True, text=True, timeout=timeout)
             if check and result.returncode != 0:
                 raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
             return result

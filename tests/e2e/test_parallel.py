@@ -19,18 +19,40 @@ pytestmark = pytest.mark.e2e
 
 
 def run_queue(project, jobs: int, timeout: float = 900):
-    """Start the experiment queue with ``jobs`` workers and wait until it is empty."""
-    project.run("dvc", "queue", "start", "-j", str(jobs))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = project.run("dvc", "queue", "status").stdout
-        if not any(word in status for word in ("Running", "Queued")):
-            failed = [line.split()[1] for line in status.splitlines() if line.endswith("Failed")]
-            logs = "".join(project.run("dvc", "queue", "logs", name, check=False).stdout[-3000:] for name in failed)
-            assert not failed, status + logs
-            return status
-        time.sleep(3)
-    raise AssertionError(f"queue did not finish: {status}")
+    """Start the experiment queue with ``jobs`` workers and wait until they have run it empty.
+
+    ``dvc queue start`` forks its workers with our stdout, so capturing its output waits until every worker
+    has exited, which a worker does once the queue is empty. A hang fails the test after ``timeout`` seconds
+    with what the queue was doing, instead of stalling the whole suite.
+    """
+    try:
+        project.run("dvc", "queue", "start", "-j", str(jobs), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        report = queue_report(project)
+        project.run("dvc", "queue", "stop", "--kill", check=False, timeout=60)
+        raise AssertionError(f"the queue did not finish in {timeout:.0f} s\n{report}") from None
+    status = project.run("dvc", "queue", "status", timeout=60).stdout
+    failed = [line.split()[0] for line in status.splitlines() if line.endswith("Failed")]
+    assert not failed, status + queue_report(project, failed)
+    assert not any(word in status for word in ("Running", "Queued")), status
+    return status
+
+
+def queue_report(project, tasks=None) -> str:
+    """The queue's status, the logs of ``tasks`` (default: the running ones) and the workers' own output."""
+    def output(*args):
+        try:
+            return project.run(*args, check=False, timeout=60).stdout
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(args)}: no answer in 60 s\n"
+
+    status = output("dvc", "queue", "status")
+    if tasks is None:
+        tasks = [line.split()[0] for line in status.splitlines() if line.endswith("Running")]
+    logs = [output("dvc", "queue", "logs", task)[-3000:] for task in tasks]
+    workers = [f"{log.name}:\n{log.read_text(errors='replace')[-3000:]}"
+               for log in sorted((project.path / ".dvc/tmp/exps/celery").glob("*.out"))]
+    return "\n".join([status, *logs, *workers])
 
 
 def assert_complete(uri, n_parents):

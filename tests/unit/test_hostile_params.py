@@ -115,6 +115,18 @@ def test_a_healthy_store_passes_the_check(tmp_path):
     mlflow_store.check_store(f"sqlite:///{tmp_path / 'missing.db'}")   # the first run creates it
 
 
+def test_a_store_locked_by_a_writer_is_not_called_damaged(tmp_path, monkeypatch):
+    store = tmp_path / "busy.db"
+    writer = sqlite3.connect(store, isolation_level=None)
+    writer.execute("create table t (x)")
+    writer.execute("begin exclusive")          # a parallel experiment committing, for longer than the wait
+    monkeypatch.setattr(mlflow_store, "LOCK_WAIT", 0.1)
+    try:
+        mlflow_store.check_store(f"sqlite:///{store}")
+    finally:
+        writer.close()
+
+
 def test_untracked_importable_files_make_the_code_dirty(tmp_path):
     import subprocess
 
