@@ -2,7 +2,7 @@
 project's path (``pipeline.train.train_step`` on batches gathered on the device).
 
     python benchmarks/step.py                            # the default config and the original's size
-    python benchmarks/step.py --steps 5 --original-steps 1 --subjects 2    # a quick look (the test)
+    python benchmarks/step.py --steps 5 --original-steps 1 --subjects 2 --repeats 1   # a quick look
 
 (a) reference, written the way most EEG code is: a ``torch.utils.data.DataLoader`` over (trial, crop)
     items whose collate function pads each batch to its longest member, fp32, eager, ``.item()`` every
@@ -13,8 +13,10 @@ project's path (``pipeline.train.train_step`` on batches gathered on the device)
 
 Both use the same model code, the same initial weights (same seed), the same batches in the same order
 (drawn as ``pipeline.train.fit`` draws them) and the same number of optimizer steps. Each (config, path)
-runs in its own fresh process, so peak memory is its own (CPU: peak RSS; CUDA: peak allocated). Prints
-steps/s, windows/s, peak memory, the ratio (b)/(a), and whether the first-batch losses agree; on CUDA also
+runs in its own fresh process, so peak memory is its own (CPU: peak RSS; CUDA: peak allocated), ``--repeats``
+times, alternating (a) and (b): on a shared machine one pair of runs can differ by ±30 % from the next.
+Prints the median steps/s, windows/s and step time (with min-max), peak memory, the ratio of the medians
+(b)/(a) with the range of the pairs' ratios, and whether the first-batch losses agree; on CUDA also
 the model FLOP per step (``torch.utils.flop_counter``) and MFU against the device's peak (``--peak-tflops``,
 or looked up for known GPUs). Data: random features in SEED-V's shapes and trial lengths (timing does not
 depend on their values). Run on demand; no test asserts on its timings.
@@ -26,6 +28,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -200,6 +203,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="timed steps, default config")
     parser.add_argument("--original-steps", type=int, default=3, help="timed steps at the original's size")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="fresh processes per path, run alternately")
     parser.add_argument("--subjects", type=int, default=15, help="training subjects (a LOSO fold has 15)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (the pipeline: compute.threads_per_fold)")
@@ -209,25 +213,34 @@ def main() -> int:
 
     ok = True
     for name, overrides, steps in (("default", {}, args.steps), ("original size", ORIGINAL, args.original_steps)):
-        results = {path: measure(path, overrides, args.subjects, steps, args.warmup, args.threads, args.device)
-                   for path in ("reference", "project")}
-        a, b = results["reference"], results["project"]
+        runs = {"reference": [], "project": []}
+        for _ in range(args.repeats):    # alternating: a neighbour's load on a shared machine hits both paths
+            for path, done in runs.items():
+                done.append(measure(path, overrides, args.subjects, steps, args.warmup, args.threads, args.device))
+        a, b = (runs[path][0] for path in runs)
         print(f"\n{name}: {a['parameters'] / 1e6:.2f} M parameters, batch {a['windows_per_step']} windows, "
-              f"{steps} timed steps, {a['device']}")
-        for path, r in results.items():
-            line = (f"  {path:9s}  {1 / r['step_s']:8.2f} steps/s  {r['windows_per_step'] / r['step_s']:10.0f} "
-                    f"windows/s  {1000 * r['step_s']:8.1f} ms/step  peak {r['peak_mb']:8.0f} MiB")
-            if "flop_per_step" in r:
-                peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in r["device"]), None)
-                achieved = r["flop_per_step"] / r["step_s"]
+              f"{steps} timed steps, {a['device']}, {args.repeats} run(s) per path (median, min-max)")
+        medians = {}
+        for path, done in runs.items():
+            step_s = sorted(r["step_s"] for r in done)
+            medians[path] = median = statistics.median(step_s)
+            line = (f"  {path:9s}  {1 / median:8.2f} steps/s  {a['windows_per_step'] / median:10.0f} windows/s  "
+                    f"{1000 * median:8.1f} ms/step ({1000 * step_s[0]:.1f}-{1000 * step_s[-1]:.1f})  "
+                    f"peak {max(r['peak_mb'] for r in done):8.0f} MiB")
+            if "flop_per_step" in done[0]:
+                peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in done[0]["device"]), None)
+                achieved = done[0]["flop_per_step"] / median
                 line += f"  {achieved / 1e12:.2f} TFLOP/s" + (f"  MFU {achieved / (peak * 1e12):.1%}" if peak else "")
             print(line)
         # fp32 on CPU: the same bits; bf16 autocast on CUDA (project only): close, not equal
         tolerance = 0.0 if b["device"].startswith("cpu") else 1e-2
-        agree = abs(a["first_loss"] - b["first_loss"]) <= tolerance
+        agree = all(abs(ra["first_loss"] - rb["first_loss"]) <= tolerance
+                    for ra, rb in zip(runs["reference"], runs["project"]))
         ok &= agree
-        print(f"  (b)/(a) = {a['step_s'] / b['step_s']:.2f}x   first-batch loss: reference {a['first_loss']:.6f}, "
-              f"project {b['first_loss']:.6f} ({'agree' if agree else 'DIFFERENT'}, tolerance {tolerance})")
+        pairs = sorted(ra["step_s"] / rb["step_s"] for ra, rb in zip(runs["reference"], runs["project"]))
+        print(f"  (b)/(a) = {medians['reference'] / medians['project']:.2f}x (pairs {pairs[0]:.2f}-{pairs[-1]:.2f}x)"
+              f"   first-batch loss: reference {a['first_loss']:.6f}, project {b['first_loss']:.6f} "
+              f"({'agree' if agree else 'DIFFERENT'}, tolerance {tolerance})")
     return 0 if ok else 1
 
 

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_step_benchmark_runs_and_both_paths_start_from_the_same_loss():
     result = subprocess.run([sys.executable, "benchmarks/step.py", "--steps", "2", "--original-steps", "1",
-                             "--warmup", "1", "--subjects", "2", "--device", "cpu"],
+                             "--warmup", "1", "--subjects", "2", "--repeats", "2", "--device", "cpu"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("(b)/(a) = ") == 2 and result.stdout.count("(agree, tolerance 0.0)") == 2, result.stdout
