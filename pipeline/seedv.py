@@ -321,8 +321,12 @@ class SubjectRecording:
 
 def _load_trial_dicts(path: Path, subject: int) -> tuple[dict, dict]:
     """The ``data`` and ``label`` dicts of one npz file, safely unpickled within the limits."""
+    if path.exists() and not path.is_file():     # never opened: a pipe or a device would block or never end
+        raise format_error(path, subject, "not a regular file (a directory, pipe or device)",
+                           "put the subject's .npz file here")
     if not path.is_file():
-        raise format_error(path, subject, "file missing", "check data.raw_dir and data.subjects")
+        missing = "file missing" + (" (a broken symbolic link)" if path.is_symlink() else "")
+        raise format_error(path, subject, missing, "check data.raw_dir and data.subjects")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise format_error(path, subject, f"file of {size} bytes is over MAX_FILE_BYTES = {MAX_FILE_BYTES}",
@@ -470,7 +474,7 @@ def _trial_label(path, subject, trial, value, n_windows: int) -> int:
                            "a trial has one emotion label", trial)
     label = labels[0].item()
     if not (label == int(label) and 0 <= label < len(EMOTIONS)):
-        raise format_error(path, subject, f"label {label!r} outside 0..4",
+        raise format_error(path, subject, f"label {label!r} is not one of 0..4",
                            "labels are 0 disgust, 1 fear, 2 sad, 3 neutral, 4 happy", trial)
     return int(label)
 

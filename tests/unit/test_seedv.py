@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import numpy as np
@@ -92,6 +93,14 @@ def damage(dataset, kind):
     if kind == "missing file":
         eye.unlink()
         return r"Eye_movement_features/1_123.npz: subject 1: file missing"
+    if kind == "broken link":
+        eye.unlink()
+        eye.symlink_to(eye.parent / "nowhere.npz")
+        return r"Eye_movement_features/1_123.npz: subject 1: file missing \(a broken symbolic link\)"
+    if kind in ("directory", "pipe", "device"):
+        eye.unlink()
+        {"directory": eye.mkdir, "pipe": lambda: os.mkfifo(eye), "device": lambda: eye.symlink_to("/dev/zero")}[kind]()
+        return r"Eye_movement_features/1_123.npz: subject 1: not a regular file"
     if kind == "missing modality":
         for f in eeg.parent.iterdir():
             f.unlink()
@@ -138,7 +147,7 @@ def damage(dataset, kind):
     if kind == "label range":
         label[8] = np.full_like(label[8], 7)
         rewrite(eeg, label=label)
-        return r"subject 1, trial 8: label 7.0 outside 0..4"
+        return r"subject 1, trial 8: label 7.0 is not one of 0..4"
     if kind == "labels differ between modalities":
         label[9] = np.full_like(label[9], (seedv.TRIAL_LABELS[9] + 1) % 5)
         rewrite(eeg, label=label)
@@ -161,9 +170,9 @@ def damage(dataset, kind):
     raise AssertionError(kind)
 
 
-KINDS = ["missing file", "missing modality", "truncated", "garbage", "corrupt pickle", "missing key",
-         "trial set", "eeg width", "eye width", "window counts differ", "label varies", "label range",
-         "labels differ between modalities", "nan", "empty trial", "not numeric"]
+KINDS = ["missing file", "broken link", "directory", "pipe", "device", "missing modality", "truncated", "garbage",
+         "corrupt pickle", "missing key", "trial set", "eeg width", "eye width", "window counts differ",
+         "label varies", "label range", "labels differ between modalities", "nan", "empty trial", "not numeric"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
