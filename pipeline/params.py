@@ -204,6 +204,13 @@ def validate(p: Params) -> Params:
     return p
 
 
+def _unknown_key(section: str, key: str, names: set[str]) -> str:
+    """``model.hedas: unknown key (model has: ...)``, or where the key does belong (``train.device``)."""
+    home = [s.name for s in fields(Params) if key in {f.name for f in fields(typing.get_type_hints(Params)[s.name])}]
+    hint = f"it belongs in {home[0]}" if home else f"{section} has: {', '.join(sorted(names))}"
+    return f"{section}.{key if key.isidentifier() else _shown(key)}: unknown key ({hint})"
+
+
 def from_dict(raw, source: str = "params.yaml") -> Params:
     """Typed params from a complete mapping (as in ``params.yaml``); a ParamsError names the bad key."""
     try:
@@ -217,7 +224,7 @@ def from_dict(raw, source: str = "params.yaml") -> Params:
             _check(isinstance(given, dict), f"{section.name}: missing, or not a mapping of keys")
             names = {f.name for f in fields(cls)}
             unknown = sorted(map(str, set(given) - names))
-            _check(not unknown, f"{section.name}.{_shown(unknown[0]) if unknown else ''}: unknown key")
+            _check(not unknown, _unknown_key(section.name, unknown[0], names) if unknown else "")
             missing = sorted(names - set(given))
             _check(not missing, f"{section.name}.{missing[0] if missing else ''}: missing")
             hints = typing.get_type_hints(cls)

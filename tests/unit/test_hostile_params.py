@@ -61,7 +61,11 @@ def test_bad_values_are_refused(section, key, value, match):
     ({**DEFAULT_PARAMS, "train": {k: v for k, v in DEFAULT_PARAMS["train"].items() if k != "lr"}},
      r"train.lr: missing"),
     ({**DEFAULT_PARAMS, "trian": {}}, r"'trian': unknown section"),
-    ({**DEFAULT_PARAMS, "model": {**DEFAULT_PARAMS["model"], "hedas": 4}}, r"model.'hedas': unknown key"),
+    ({**DEFAULT_PARAMS, "model": {**DEFAULT_PARAMS["model"], "hedas": 4}},
+     r"model.hedas: unknown key \(model has: .*heads"),
+    ({**DEFAULT_PARAMS, "compute": {**DEFAULT_PARAMS["compute"], "device": "cpu"}},
+     r"compute.device: unknown key \(it belongs in train\)"),
+    ({**DEFAULT_PARAMS, "model": {**DEFAULT_PARAMS["model"], "a\nb": 4}}, r"model.'a\\nb': unknown key"),
 ])
 def test_incomplete_or_misshapen_params_are_refused(raw, match):
     with pytest.raises(ParamsError, match=match):
@@ -150,3 +154,11 @@ def test_untracked_importable_files_make_the_code_dirty(tmp_path):
     (tmp_path / "tqdm.py").unlink()
     (tmp_path / "pipeline/b.py").write_text("y = 2\n")
     assert provenance.git_state(tmp_path)["git.dirty"] == "true"
+
+
+def test_the_largest_seed_runs_every_baseline(tiny_frame):
+    from pipeline.baselines import BASELINES, run_baseline
+
+    for name in BASELINES:
+        predictions = run_baseline(name, tiny_frame, 1, "crop", 12, params.SEED_MAX)
+        assert len(predictions) and set(predictions["subject"]) == {1}

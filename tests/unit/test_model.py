@@ -84,7 +84,7 @@ def test_gradient_reversal_flips_sign():
 def test_params_validation():
     with pytest.raises(ParamsError, match=r"model.d_model \(30\) must be a multiple of model.heads \(4\)"):
         make_params(model={"d_model": 30, "heads": 4})
-    with pytest.raises(ParamsError, match="model.'hedas': unknown key"):
+    with pytest.raises(ParamsError, match="model.hedas: unknown key"):
         make_params(model={"hedas": 4})
     with pytest.raises(ParamsError, match="cv.protocol"):
         make_params(cv={"protocol": "window"})
