@@ -81,13 +81,14 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
     from pipeline.model import CrossModalTransformer, grl_alpha
     from pipeline.params import load
     from pipeline.sequences import Batcher
-    from pipeline.train import resolve_device, train_step
+    from pipeline.train import candidates, resolve_device, train_step
 
     torch.set_num_threads(threads)
     params = load(ROOT / "params.yaml")
     params = dataclasses.replace(params, model=dataclasses.replace(params.model, **model_overrides))
     device = resolve_device(device_name)
     tp, crop = params.train, params.cv.crop_windows
+    candidate = candidates(tp)[-1]   # the last candidate setting (by default the regularized one: noise draws)
     trials = random_trials(n_subjects)
     stream = batches(trials, params, warmup + steps)
     labels_all = torch.from_numpy(trials.labels)
@@ -114,7 +115,7 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
             for k in range(first, last):
                 positions, owners = stream[k]
                 out = train_step(model, optimizer, batch_of(positions, owners), labels[owners], domains[owners],
-                                 grl_alpha(k / (warmup + steps)), tp)
+                                 grl_alpha(k / (warmup + steps)), tp, candidate)
                 scheduler.step()
                 sums += out
                 losses.append(out[0])
@@ -154,11 +155,11 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
             total_loss, correct, first_loss = 0.0, 0, None
             for k in range(first, last):
                 eeg, eye, valid, y, d = (t.to(device) for t in next(loaded))
-                if tp.input_noise:   # the same regularized objective as the project's step
-                    noise = tp.input_noise
+                if candidate.input_noise:   # the same regularized objective as the project's step
+                    noise = candidate.input_noise
                     eeg, eye = eeg + noise * torch.randn_like(eeg), eye + noise * torch.randn_like(eye)
                 out = model(eeg, eye, valid, grl_alpha=grl_alpha(k / (warmup + steps)))
-                class_loss = nn.functional.cross_entropy(out.logits, y, label_smoothing=tp.label_smoothing)
+                class_loss = nn.functional.cross_entropy(out.logits, y, label_smoothing=candidate.label_smoothing)
                 loss = class_loss + tp.domain_weight * nn.functional.cross_entropy(out.domain_logits, d)
                 optimizer.zero_grad()
                 loss.backward()

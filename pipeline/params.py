@@ -37,6 +37,7 @@ class Data:
 class Synthetic:
     seed: int
     subjects: int
+    drift: float     # slow within-session trend (0: none, the data bit-identical to before it existed)
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ class Train:
     lr: float
     weight_decay: float
     grad_clip: float
-    label_smoothing: float     # cross-entropy label smoothing of the emotion loss
-    input_noise: float         # std of Gaussian noise added to the z-scored training features
+    label_smoothing: list[float]   # candidates: cross-entropy label smoothing of the emotion loss
+    input_noise: list[float]   # candidates: std of Gaussian noise added to the z-scored training features
     domain_weight: float
     seed: int
     seeds: int                 # training seeds per fold: seed, seed + 1, ... (extra ones only for variance)
@@ -116,11 +117,12 @@ class Params:
                 for key, value in values.items()}
 
 
+MAX_CANDIDATES = 8     # per candidate-list setting: each candidate is one more training per fold
 SEED_MAX = 2**32 - 1   # numpy's SeedSequence entropy words
 # Closed ranges for every number (min, max); None: unbounded on that side. Generous, but finite: a value
 # outside them is a typo or an attack, not an experiment.
 RANGES = {
-    "synthetic.seed": (0, SEED_MAX), "synthetic.subjects": (1, N_SUBJECTS),
+    "synthetic.seed": (0, SEED_MAX), "synthetic.subjects": (1, N_SUBJECTS), "synthetic.drift": (0.0, 100.0),
     "cv.crop_windows": (1, MAX_WINDOWS_PER_TRIAL),
     "model.d_model": (2, 4096), "model.heads": (1, 64), "model.layers": (1, 48), "model.d_ff": (1, 65536),
     "model.dropout": (0.0, 0.95),
@@ -159,6 +161,16 @@ def _coerce(key: str, value, kind):
         if ok and not math.isfinite(value):
             raise ParamsError(f"{key}: {_shown(value)} is not a finite number")
         value = float(value) if ok else value
+    elif item is float:   # candidates: one number, or a non-empty list of them (each checked as a float)
+        value = value if type(value) is list else [value]
+        ok = bool(value)
+        if len(value) > MAX_CANDIDATES:
+            raise ParamsError(f"{key}: {len(value)} candidates; at most {MAX_CANDIDATES} (each is a training per fold)")
+        if ok:
+            value = [_coerce(key, v, float) for v in value]
+            if len(set(value)) != len(value):
+                raise ParamsError(f"{key}: {_shown(value)} lists a value twice")
+            return value
     elif item is not None:
         ok = type(value) is list and all(type(v) is item for v in value)
         if ok and len(set(value)) != len(value):
@@ -166,7 +178,8 @@ def _coerce(key: str, value, kind):
     else:
         ok = type(value) is kind
     if not ok:
-        expected = f"a list of {item.__name__}" if item else kind.__name__
+        expected = ("a number or a non-empty list of numbers" if item is float else f"a list of {item.__name__}"
+                    ) if item else kind.__name__
         raise ParamsError(f"{key}: {_shown(value)} should be {expected}")
     if key in RANGES:
         low, high = RANGES[key]
@@ -193,6 +206,9 @@ def validate(p: Params) -> Params:
            "cv.subjects: held-out subjects must be among data.subjects")
     _check(p.train.validation_subjects <= len(p.data.subjects) - 2,
            "train.validation_subjects: at most len(data.subjects) - 2 (one held out, one to train on)")
+    _check(p.train.validation_subjects > 0 or len(p.train.input_noise) * len(p.train.label_smoothing) == 1,
+           "train.input_noise / train.label_smoothing: candidate lists need inner validation to choose from "
+           "them (train.validation_subjects > 0), or give one value each")
     m = p.model
     _check(m.d_model % m.heads == 0, f"model.d_model ({m.d_model}) must be a multiple of model.heads ({m.heads})")
     _check(bool(m.modalities) and set(m.modalities) <= {"eeg", "eye"},

@@ -1,21 +1,31 @@
 """Leave-one-subject-out training of one fold: the training loop, model selection on training subjects
 only, then prediction of the held-out subject (protocols and inference: :mod:`pipeline.sequences`).
 
-Model selection (nested LOSO): with ``train.validation_subjects`` = k > 0, k of the fold's *training*
-subjects (drawn from the fold's seed; never the held-out one) are held back as inner validation; the model
-trains on the rest and the epoch with the best inner-validation trial-level score (``train.select_by``:
-macro-F1, ties broken by the loss, or the loss) is chosen (early
-stopping after ``train.patience`` epochs without improvement; 0: train every epoch). Then either that
-checkpoint is tested, or (``train.refit``) a model is retrained on all training subjects for the chosen
-number of epochs. The held-out subject is used for nothing but the final predictions.
-With k = 0 the last epoch's model is tested, as the original did.
+Model selection (nested LOSO), every choice made from the fold's *training* subjects: with
+``train.validation_subjects`` = k > 0, k of them (drawn from the fold's seed; never the held-out one) are
+held back as inner validation. For every candidate setting (each combination of the candidate lists
+``train.input_noise`` × ``train.label_smoothing``) a model trains on the rest, with early stopping after
+``train.patience`` epochs without improvement (0: train every epoch), and its epoch with the best
+inner-validation trial-level score (``train.select_by``: macro-F1, ties broken by the loss, or the loss)
+is its chosen epoch; the candidate whose chosen epoch scores best is the fold's choice (ties: the earlier
+candidate). Then either that checkpoint is tested, or (``train.refit``) a model is retrained with the
+chosen setting on all training subjects up to the chosen epoch, on the *selection run's* schedule (the
+cosine learning rate and the gradient-reversal ramp are defined over ``train.epochs`` epochs, so the refit
+stops at the same point of both schedules as the checkpoint it replaces; only its steps per epoch differ,
+having more subjects). The held-out subject is used for nothing but the final predictions.
+With k = 0 the last epoch's model of the first candidate is tested, as the original did.
+
+Every training of a fold starts from the fold's seed (the same initial weights and the same draws for
+each candidate: a paired comparison), so a candidate's run does not depend on which others are listed.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -45,6 +55,18 @@ class FoldResult:
     predictions: pd.DataFrame   # one row per held-out window
     train_subjects: list[int]   # the subjects the tested model was fit on (its domain classes)
     selection: dict = field(default_factory=dict)   # chosen epoch and inner-validation subjects
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One combination of the candidate-list settings, the regularizers a fold chooses between."""
+    input_noise: float       # std of Gaussian noise on the z-scored training features
+    label_smoothing: float   # of the emotion loss
+
+
+def candidates(tp: Train) -> list[Candidate]:
+    """Every combination of ``train.input_noise`` × ``train.label_smoothing``, in list order."""
+    return [Candidate(*values) for values in itertools.product(tp.input_noise, tp.label_smoothing)]
 
 
 def seed_everything(seed: int, held_out: int) -> np.random.Generator:
@@ -95,17 +117,19 @@ def epoch_batches(lengths: np.ndarray, params: Params, rng: np.random.Generator,
 
 
 def train_step(model: CrossModalTransformer, optimizer: torch.optim.Optimizer, batch, labels: torch.Tensor,
-               domains: torch.Tensor, alpha: float, tp: Train) -> torch.Tensor:
+               domains: torch.Tensor, alpha: float, tp: Train, candidate: Candidate) -> torch.Tensor:
     """One optimizer step on ``batch`` = (eeg (B, L, N_EEG), eye (B, L, N_EYE), valid (B, L)) with class
-    ``labels`` (B,) and subject ``domains`` (B,), regularized as ``tp`` says (Gaussian feature noise of
-    std ``tp.input_noise`` on the z-scored inputs, label smoothing). Returns the batch's summed (loss, class
-    loss, domain loss, correct) as a float64 tensor on the device: nothing is read back to the host here."""
+    ``labels`` (B,) and subject ``domains`` (B,), regularized as ``candidate`` says (Gaussian feature noise
+    on the z-scored inputs, label smoothing). Returns the batch's summed (loss, class loss, domain loss,
+    correct) as a float64 tensor on the device: nothing is read back to the host here."""
     eeg, eye, valid = batch
-    if tp.input_noise:   # no draw at 0, so the dropout stream (and every result) is unchanged
-        eeg, eye = eeg + tp.input_noise * torch.randn_like(eeg), eye + tp.input_noise * torch.randn_like(eye)
+    noise = candidate.input_noise
+    if noise:   # no draw at 0, so the dropout stream is that of an unregularized run
+        eeg, eye = eeg + noise * torch.randn_like(eeg), eye + noise * torch.randn_like(eye)
     with autocast(eeg.device):
         out = model(eeg, eye, valid, grl_alpha=alpha)
-        class_loss = nn.functional.cross_entropy(out.logits.float(), labels, label_smoothing=tp.label_smoothing)
+        class_loss = nn.functional.cross_entropy(out.logits.float(), labels,
+                                                 label_smoothing=candidate.label_smoothing)
         domain_loss = (nn.functional.cross_entropy(out.domain_logits.float(), domains)
                        if out.domain_logits is not None else torch.zeros((), device=eeg.device))
         loss = class_loss + tp.domain_weight * domain_loss
@@ -119,10 +143,21 @@ def train_step(model: CrossModalTransformer, optimizer: torch.optim.Optimizer, b
                         domain_loss.detach().double() * n, correct.double()])
 
 
-def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Generator, device: torch.device,
-        epochs: int, validation: list[int] = (), desc: str = "fit") -> tuple[CrossModalTransformer, list[dict], int]:
-    """Train a fresh model on ``subjects`` for up to ``epochs`` epochs; return (model, curve rows, chosen
-    epoch). With ``validation`` subjects the model of the best inner-validation epoch is returned."""
+@dataclass
+class Fit:
+    model: CrossModalTransformer
+    curves: list[dict]        # one row per epoch run
+    chosen_epoch: int         # the best inner-validation epoch (the last one run without validation)
+    score: tuple              # its selection key (smaller is better; inf without validation)
+
+
+def fit(trials: Trials, subjects: list[int], params: Params, candidate: Candidate, rng: np.random.Generator,
+        device: torch.device, epochs: int, validation: list[int] = (), schedule_epochs: int | None = None,
+        desc: str = "fit") -> Fit:
+    """Train a fresh model on ``subjects`` for up to ``epochs`` epochs with the regularizers of
+    ``candidate``. The learning-rate and gradient-reversal schedules span ``schedule_epochs`` epochs
+    (default ``epochs``): a refit that stops early follows the selection run's schedule. With ``validation``
+    subjects the model of the best inner-validation epoch is returned."""
     cv, tp = params.cv, params.train
     train_index = np.flatnonzero(np.isin(trials.subjects, subjects))
     domain_of = {s: i for i, s in enumerate(subjects)}
@@ -134,7 +169,7 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
     model = CrossModalTransformer(params.model, n_subjects=len(subjects)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     epoch_steps = steps_per_epoch(len(lengths), params)
-    total_steps = epochs * epoch_steps
+    total_steps = (schedule_epochs or epochs) * epoch_steps
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     batch_of = Batcher(trials, train_index, device)
 
@@ -147,7 +182,7 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
         for batch in batches:
             alpha = grl_alpha(step / max(total_steps - 1, 1))
             sums += train_step(model, optimizer, batch_of(positions[batch], owners[batch]), labels[owners[batch]],
-                               domains[owners[batch]], alpha, tp)
+                               domains[owners[batch]], alpha, tp, candidate)
             scheduler.step()
             step += 1
         loss, class_loss, domain_loss, correct = (sums / len(owners)).tolist()   # one host sync per epoch
@@ -164,24 +199,31 @@ def fit(trials: Trials, subjects: list[int], params: Params, rng: np.random.Gene
         if len(validation_index) and tp.patience and epoch - best[1] >= tp.patience:
             break
     if best[2] is None:
-        return model, curves, len(curves)
+        return Fit(model, curves, len(curves), best[0])
     model.load_state_dict(best[2])
-    return model, curves, best[1]
+    return Fit(model, curves, best[1], best[0])
 
 
-def train_final(trials: Trials, params: Params, epochs: int) -> tuple[CrossModalTransformer, list[int]]:
-    """One model on every subject of ``trials`` for ``epochs`` epochs (no held-out subject, no validation);
-    seeded as fold 0 so that it never shares a stream with a LOSO fold."""
+def majority(values: list):
+    """The most frequent value (ties: the one seen first), e.g. the folds' chosen candidates."""
+    return Counter(values).most_common(1)[0][0]
+
+
+def train_final(trials: Trials, params: Params, epochs: int, candidate: Candidate
+                ) -> tuple[CrossModalTransformer, list[int]]:
+    """One model on every subject of ``trials`` for ``epochs`` epochs of a ``train.epochs`` schedule (as a
+    refit), with the ``candidate`` the folds chose (no held-out subject, no validation); seeded as fold 0
+    so that it never shares a stream with a LOSO fold."""
     rng = seed_everything(params.train.seed, 0)
     subjects = sorted(set(trials.subjects.tolist()))
-    model, _, _ = fit(trials, subjects, params, rng, resolve_device(params.train.device), epochs, desc="final")
-    return model.cpu().eval(), subjects
+    fitted = fit(trials, subjects, params, candidate, rng, resolve_device(params.train.device), epochs,
+                 schedule_epochs=params.train.epochs, desc="final")
+    return fitted.model.cpu().eval(), subjects
 
 
 def train_fold(trials: Trials, held_out: int, params: Params) -> FoldResult:
-    """Fit on every subject but ``held_out`` (selecting the epoch on inner-validation subjects), then
-    predict the held-out subject's windows."""
-    rng = seed_everything(params.train.seed, held_out)
+    """Fit on every subject but ``held_out`` (choosing the candidate setting and the epoch on
+    inner-validation subjects), then predict the held-out subject's windows."""
     device = resolve_device(params.train.device)
     tp = params.train
     test_index = np.flatnonzero(trials.subjects == held_out)
@@ -193,13 +235,22 @@ def train_fold(trials: Trials, held_out: int, params: Params) -> FoldResult:
     if not inner:
         raise ValueError(f"train.validation_subjects: {tp.validation_subjects} inner-validation subjects leave no "
                          f"subject to train fold {held_out} on (the table has {len(train_subjects)} besides it)")
-    model, curves, chosen = fit(trials, inner, params, rng, device, tp.epochs, validation,
-                                desc=f"fold {held_out}")
-    fit_subjects = inner
-    if validation and tp.refit:   # the same recipe on every training subject, for the chosen epochs
-        model, _, _ = fit(trials, train_subjects, params, rng, device, chosen, desc=f"fold {held_out} refit")
+    settings = candidates(tp)
+    runs = [fit(trials, inner, params, candidate, seed_everything(tp.seed, held_out), device, tp.epochs, validation,
+                desc=f"fold {held_out}" + (f" candidate {k + 1}/{len(settings)}" if len(settings) > 1 else ""))
+            for k, candidate in enumerate(settings)]
+    best = min(range(len(runs)), key=lambda k: runs[k].score)   # ties: the earlier candidate
+    chosen, fitted, fit_subjects = settings[best], runs[best], inner
+    if validation and tp.refit:   # the chosen recipe on every training subject, to the chosen epoch
+        fitted = fit(trials, train_subjects, params, chosen, seed_everything(tp.seed, held_out), device,
+                     runs[best].chosen_epoch, schedule_epochs=tp.epochs, desc=f"fold {held_out} refit")
         fit_subjects = train_subjects
-    predictions = predict_windows(model, trials, test_index, params.cv.protocol, params.cv.crop_windows, device)
-    selection = {"chosen_epoch": chosen, "epochs_run": len(curves), "validation_subjects": validation,
-                 "refit": bool(validation and tp.refit)}
-    return FoldResult(model, pd.DataFrame(curves), predictions, fit_subjects, selection)
+    predictions = predict_windows(fitted.model, trials, test_index, params.cv.protocol, params.cv.crop_windows,
+                                  device)
+    selection = {"chosen_epoch": runs[best].chosen_epoch, "epochs_run": len(runs[best].curves),
+                 "validation_subjects": validation, "refit": bool(validation and tp.refit), **asdict(chosen)}
+    if validation:   # every candidate's inner-validation score at its chosen epoch: why this one won
+        selection["candidates"] = [{**asdict(c), "chosen_epoch": r.chosen_epoch, "epochs_run": len(r.curves),
+                                    **{k: r.curves[r.chosen_epoch - 1][k] for k in ("val_f1", "val_loss")}}
+                                   for c, r in zip(settings, runs)]
+    return FoldResult(fitted.model, pd.DataFrame(runs[best].curves), predictions, fit_subjects, selection)

@@ -53,14 +53,16 @@ if __name__ == "__main__":
             with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, tags, parent=parent) as run:
                 tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv"))
                 scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
-                tracker.log_metrics(run, {**scores, "selection/chosen_epoch": fold["selection"]["chosen_epoch"]})
+                chosen = {f"selection/{k}": fold["selection"][k] for k in ("chosen_epoch", "input_noise",
+                                                                          "label_smoothing")}
+                tracker.log_metrics(run, {**scores, **chosen})
                 tracker.log_model(run, args.models / str(s) / "model.pt", example, name=f"fold-{s}")
             runs.append(f"fold {s}")
             print(f"tracked fold {k}/{len(folds)} | elapsed {time.monotonic() - start:.0f} s", flush=True)
 
         final = json.loads((args.final_model / "final.json").read_text())
         with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]}, tags, parent=parent) as run:
-            tracker.log_metrics(run, {"final/epochs": final["epochs"]})
+            tracker.log_metrics(run, {f"final/{k}": final[k] for k in ("epochs", "input_noise", "label_smoothing")})
             tracker.log_model(run, args.final_model / "model.pt", example, name="final")
             version = tracker.register(run, p.mlflow.experiment, ALIAS)
         runs.append("final")

@@ -111,7 +111,7 @@ def test_a_failing_fold_leaves_no_outputs_and_no_running_run(project):
     import mlflow
 
     project.make_tiny()
-    project.set_params("train", validation_subjects=0)   # fold 1 keeps subject 3 to train on
+    project.set_params("train", validation_subjects=0, input_noise=0.3)   # fold 1 keeps subject 3 to train on
     project.commit("no inner validation")
     project.run("dvc", "repro", "normalize")
     features = project.path / "data/processed/features.parquet"

@@ -27,7 +27,8 @@ def trials(tiny_frame):
 def tiny(**train):
     return make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": FOLDS},
                        model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                       train={"epochs": 2, "batch_size": 16, "device": "cpu", "validation_subjects": 1, **train})
+                       train={"epochs": 2, "batch_size": 16, "device": "cpu", "validation_subjects": 1,
+                              "input_noise": 0.3, **train})
 
 
 def parallel(trials, params, folds=FOLDS):

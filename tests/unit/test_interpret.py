@@ -101,3 +101,23 @@ def test_expected_calibration_error():
     correct = np.array([1, 1, 0, 1], dtype=bool)
     ece, _ = interpret.expected_calibration_error(confidence, correct)
     assert ece == pytest.approx(0.5 * 0.1 + 0.5 * 0.2)
+
+
+def test_the_confusion_figure_shows_each_true_class_row_of_the_test_trials(monkeypatch, tmp_path):
+    """The numbers drawn in the cells are the trial confusion matrix normalized per true class: each row
+    of the figure sums to 1, and the counts behind it sum to the 45 test trials."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 9)
+    predicted = np.where(rng.uniform(size=45) < 0.6, labels, rng.integers(0, 5, 45))
+    predictions = pd.DataFrame({"subject": 1, "session": 1, "trial": np.arange(45), "window": 0, "label": labels,
+                                **{f"p_{c}": np.where(predicted == c, 0.9, 0.025) for c in range(5)}})
+    assert confusion(predictions).sum() == 45
+    drawn = {}
+    monkeypatch.setattr(interpret, "_save", lambda fig, path: drawn.setdefault("fig", fig))
+    interpret.confusion_figure(confusion(predictions, normalize="true"), tmp_path / "f.png")
+    ax = drawn["fig"].axes[0]
+    cells = np.array([float(t.get_text()) for t in ax.texts]).reshape(5, 5)    # row-major, as displayed
+    counts = np.array([[np.sum((labels == t) & (predicted == p)) for p in range(5)] for t in range(5)])
+    np.testing.assert_allclose(cells, counts / counts.sum(1, keepdims=True), atol=0.005)
+    np.testing.assert_allclose(cells.sum(1), 1, atol=0.03)
+    assert ax.get_ylabel() == "true emotion"

@@ -102,7 +102,8 @@ def tiny_trials():
 def tiny_params(**cv):
     return make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1], **cv},
                        model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                       train={"epochs": 2, "batch_size": 16, "device": "cpu", "validation_subjects": 0})
+                       train={"epochs": 2, "batch_size": 16, "device": "cpu", "validation_subjects": 0,
+                              "input_noise": 0.3})
 
 
 @pytest.mark.parametrize("protocol", ["crop", "trial"])
@@ -124,35 +125,58 @@ def test_long_crops_tile_short_trials(tiny_trials):
 
 
 def test_the_held_out_labels_change_nothing_the_model_learns(tiny_trials):
-    """Nested LOSO: permuting the held-out subject's labels leaves every trained weight and the chosen
-    epoch unchanged (only the score of the predictions can change)."""
+    """Nested LOSO with a candidate list: new labels for the held-out subject (other class counts too)
+    leave the chosen candidate, the chosen epoch, every trained weight and the predictions unchanged (only
+    their score can change)."""
     params = make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
                          model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
                          train={"epochs": 3, "batch_size": 16, "device": "cpu", "validation_subjects": 1,
-                                "patience": 2})
+                                "patience": 2, "input_noise": [0.0, 0.5], "refit": True})
     a = train_fold(tiny_trials, 1, params)
-    shuffled = dataclasses.replace(tiny_trials, labels=tiny_trials.labels.copy())
-    held_out = np.flatnonzero(shuffled.subjects == 1)
-    shuffled.labels[held_out] = np.random.default_rng(0).permutation(shuffled.labels[held_out])
-    b = train_fold(shuffled, 1, params)
+    relabelled = dataclasses.replace(tiny_trials, labels=tiny_trials.labels.copy())
+    held_out = np.flatnonzero(relabelled.subjects == 1)
+    relabelled.labels[held_out] = np.random.default_rng(0).integers(0, 5, len(held_out))
+    assert np.bincount(relabelled.labels[held_out], minlength=5).tolist() != [9] * 5
+    b = train_fold(relabelled, 1, params)
     assert a.selection == b.selection and a.selection["validation_subjects"] in ([2], [3])
+    assert [c["input_noise"] for c in a.selection["candidates"]] == [0.0, 0.5]
+    assert a.selection["input_noise"] in (0.0, 0.5) and a.selection["refit"]
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key]), key
     prob = [f"p_{c}" for c in range(5)]
     pd.testing.assert_frame_equal(a.predictions[prob], b.predictions[prob], check_exact=True)
 
 
-def test_inner_validation_chooses_an_epoch_and_refit_trains_on_all(tiny_trials):
-    base = dict(epochs=4, batch_size=16, device="cpu", validation_subjects=1, patience=0, refit=False)
-    small = {"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32}
-    chosen = train_fold(tiny_trials, 1, make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
-                                                    model=small, train=base))
-    assert 1 <= chosen.selection["chosen_epoch"] <= 4 and len(chosen.curves) == 4
-    assert chosen.curves["val_loss"].notna().all()
-    assert chosen.train_subjects == [s for s in (2, 3) if s not in chosen.selection["validation_subjects"]]
-    refit = train_fold(tiny_trials, 1, make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
-                                                   model=small, train={**base, "refit": True}))
-    assert refit.selection["refit"] and refit.train_subjects == [2, 3]
+def test_each_candidate_is_chosen_by_its_inner_validation_score(tiny_trials):
+    """The fold's choice is the candidate whose chosen epoch scores best (macro-F1, ties: loss); a
+    candidate's run does not depend on which other candidates are listed."""
+    from pipeline.train import selection_key
+
+    params = make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]},
+                         model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
+                         train={"epochs": 3, "batch_size": 16, "device": "cpu", "validation_subjects": 1,
+                                "patience": 0, "input_noise": [3.0, 0.0], "refit": False})
+    both = train_fold(tiny_trials, 1, params).selection
+    scores = {c["input_noise"]: selection_key(c, "f1") for c in both["candidates"]}
+    assert both["input_noise"] == min(scores, key=scores.get) == 0.0   # the second: noise of 3 std drowns it
+    alone = train_fold(tiny_trials, 1, dataclasses.replace(
+        params, train=dataclasses.replace(params.train, input_noise=[0.0]))).selection
+    assert alone["candidates"][0] == both["candidates"][1]
+
+
+def test_the_refit_follows_the_selection_runs_schedule(tiny_trials):
+    """A refit stopped at epoch 2 of a 4-epoch schedule is where the selection run was after 2 epochs:
+    same learning rate and gradient-reversal alpha, not annealed to zero."""
+    from pipeline.train import Candidate, fit, seed_everything
+
+    params = tiny_params()
+    candidate = Candidate(0.0, 0.0)
+    full = fit(tiny_trials, [2, 3], params, candidate, seed_everything(0, 1), torch.device("cpu"), 4)
+    short = fit(tiny_trials, [2, 3], params, candidate, seed_everything(0, 1), torch.device("cpu"), 2,
+                schedule_epochs=4)
+    for k in range(2):
+        assert short.curves[k]["lr"] == full.curves[k]["lr"] > 0
+        assert short.curves[k]["grl_alpha"] == full.curves[k]["grl_alpha"] < 1
 
 
 def test_positional_encoding_takes_sequences_longer_than_its_table():
@@ -167,17 +191,17 @@ def test_positional_encoding_takes_sequences_longer_than_its_table():
 def test_regularizers_act_only_when_set():
     """train_step: input_noise 0 draws nothing from torch's RNG (so every default result is unchanged);
     noise > 0 perturbs the inputs; label smoothing changes the emotion loss."""
-    from pipeline.train import train_step
+    from pipeline.train import Candidate, train_step
 
-    def step(**train):
+    def step(**setting):
         torch.manual_seed(0)
         model = CrossModalTransformer(SMALL, n_subjects=3).eval()   # eval: no dropout draws
-        tp = make_params(train=train).train
+        tp = make_params().train
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         eeg, eye, valid = batch()
         before = torch.random.get_rng_state()
         sums = train_step(model, optimizer, (eeg, eye, valid), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]),
-                          0.5, tp)
+                          0.5, tp, Candidate(**setting))
         return sums[1].item(), torch.equal(before, torch.random.get_rng_state())
 
     plain, untouched = step(input_noise=0.0, label_smoothing=0.0)
@@ -186,3 +210,14 @@ def test_regularizers_act_only_when_set():
     assert untouched and not untouched_noisy
     assert noisy != plain and smoothed != plain
     assert step(input_noise=0.0, label_smoothing=0.0)[0] == plain
+
+
+def test_candidate_lists_are_validated():
+    assert make_params(train={"input_noise": 0.3}).train.input_noise == [0.3]
+    assert make_params(train={"input_noise": [0, 0.5]}).train.input_noise == [0.0, 0.5]
+    for value, match in (([], "should be a number or a non-empty list"), ([0.1, 0.1], "lists a value twice"),
+                         ([0.1, -1.0], r"-1.0 is outside"), (list(range(9)), "at most 8")):
+        with pytest.raises(ParamsError, match=match):
+            make_params(train={"input_noise": value})
+    with pytest.raises(ParamsError, match="candidate lists need inner validation"):
+        make_params(train={"input_noise": [0.0, 0.3], "validation_subjects": 0})
