@@ -313,14 +313,14 @@ def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str,
     for k, (name, accuracy) in enumerate(series.items()):
         values = np.array([accuracy[s] for s in subjects])
         bars = ax.bar(np.arange(len(subjects)) + (k - (len(series) - 1) / 2) * width, values, width,
-                      label=f"{name}: {values.mean():.1%} ± {values.std():.1%}")
+                      label=f"{name}: {values.mean():.1%} ± {values.std(ddof=1):.1%}")
         ax.axhline(values.mean(), color=bars.patches[0].get_facecolor(), lw=1, ls="--")
     ax.axhline(0.2, color="black", lw=0.8, ls=":", label="chance (20 %)")
     ax.set_xticks(range(len(subjects)), [str(s) for s in subjects])
     ax.set_xlabel("held-out subject")
     ax.set_ylabel("trial accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title("Per-subject trial accuracy (dashed: mean; legend: mean ± population std)")
+    ax.set_title("Per-subject trial accuracy (dashed: mean; legend: mean ± sample std over subjects)")
     ax.legend(fontsize=8, ncol=len(series) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     return _save(fig, path)
 

@@ -25,14 +25,15 @@ def git_state(root: Path) -> dict[str, str]:
 
 def run_label(commit: str, params_flat: dict) -> str:
     """A parent run's name outside ``dvc exp run``: short commit, then the params that differ from the
-    committed params.yaml, e.g. ``3f2a1c model.heads=8``."""
-    import yaml
+    committed params.yaml, e.g. ``3f2a1c model.heads=8``. Both sides are compared typed, as the pipeline
+    reads them (``label_smoothing: 0.0`` and ``[0.0]`` are one setting); a committed file that today's
+    schema refuses (an older layout) names no changes rather than all of them."""
+    from .params import ParamsError, from_dict, parse
 
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
     try:
-        committed = yaml.safe_load(shown.stdout) if shown.returncode == 0 else {}
-        committed = {f"{s}.{k}": v for s, values in committed.items() for k, v in values.items()}
-    except (yaml.YAMLError, AttributeError):
+        committed = from_dict(parse(shown.stdout)).flat() if shown.returncode == 0 else {}
+    except ParamsError:
         committed = {}
     changed = [f"{key}={value}" for key, value in params_flat.items() if committed and committed.get(key) != value]
     return " ".join([commit[:6] if commit != "none" else "uncommitted", *changed])[:250]

@@ -5,8 +5,9 @@
 Checks out the run's git commit in a temporary git worktree, restores its exact ``params.yaml`` (logged
 as an artifact, and first checked against the run's logged params), reruns every stage (``dvc repro
 --force``: no cache is reused) with MLflow pointed at a scratch store, then prints logged vs rebuilt
-metrics side by side and one verdict: identical, within tolerance (max |Δ| ≤ TOLERANCE, e.g. another CPU
-type), or different.
+side by side — the summary metrics, every held-out subject's metrics (``metrics/per_subject.json``) and
+every fold's predictions (largest difference of any window's class probability) — and one verdict:
+identical, within tolerance (max |Δ| ≤ TOLERANCE), or different.
 
 Exit status: 0 identical; 1 rebuilt but not identical (within tolerance or different); 2 could not
 rebuild (unknown run, missing artifact, uncommitted code, a stage failed), with one line saying why.
@@ -15,6 +16,7 @@ rebuild (unknown run, missing artifact, uncommitted code, a stage failed), with 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -27,7 +29,9 @@ from .mlflow_store import TrackingStoreError, check_store, repo_root, retry, tra
 from .tracking import ROLE_TAG, pipeline_metrics
 
 
-TOLERANCE = 0.005   # half a point of accuracy/F1: what another CPU type can move (see README)
+# A guess, not a measurement: half a point of accuracy/F1. Only one CPU type has been available, on which
+# every rebuild was bit-identical; how far another CPU type or a GPU moves a result is unmeasured.
+TOLERANCE = 0.005
 
 
 class RebuildError(RuntimeError):
@@ -82,8 +86,54 @@ def _logged_params_file(client, run, scratch: Path) -> Path:
     return path
 
 
+def per_subject_values(path: Path) -> dict[str, float]:
+    """``metrics/per_subject.json`` flattened: ``{"subject 3/trial/accuracy": 0.8, ...}``."""
+    return {f"subject {s}/{level}/{key}": value for s, levels in json.loads(path.read_text()).items()
+            for level, values in levels.items() for key, value in values.items()}
+
+
+def prediction_differences(logged: Path, rebuilt: Path) -> dict[str, float]:
+    """Per fold, the largest |difference| of any window's class probability between two predictions
+    folders (inf when a fold is missing or its rows differ)."""
+    import numpy as np
+    import pandas as pd
+
+    out = {}
+    for path in sorted(logged.glob("*.parquet"), key=lambda p: int(p.stem)):
+        key = f"predictions/{path.stem} max |Δ probability|"
+        a, b = pd.read_parquet(path), (pd.read_parquet(rebuilt / path.name) if (rebuilt / path.name).is_file()
+                                       else None)
+        ids = ["subject", "session", "trial", "window", "label"]
+        if b is None or a.shape != b.shape or not a[ids].equals(b[ids]):
+            out[key] = float("inf")
+            continue
+        columns = [c for c in a.columns if c.startswith("p_")]
+        out[key] = float(np.abs(a[columns].to_numpy(np.float64) - b[columns].to_numpy(np.float64)).max())
+    return out
+
+
+def _download(client, run_id: str, path: str, scratch: Path) -> Path:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(client.download_artifacts(run_id, path, str(scratch)))
+    except (MlflowException, OSError) as exc:
+        raise RebuildError(f"run {run_id} has no readable {path} artifact ({type(exc).__name__}) — it was "
+                           "logged by an older pipeline or removed; it cannot be compared") from None
+
+
+def _checkout_added_data(source: Path, env: dict) -> None:
+    """``dvc checkout`` of the ``dvc add``-ed inputs (a real SEED-V): they are not rebuilt by any stage, so
+    a cache that lacks them is an error; stage outputs are all rebuilt by ``repro --force``."""
+    added = [f for f in _run(["git", "ls-files", "*.dvc"], cwd=source).split() if f]
+    if added:
+        _run(["dvc", "checkout", "--quiet", *added], cwd=source, env=env)
+
+
 def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | None, float | None]]:
-    """Rerun the execution of ``run_id``; return (metric, logged, rebuilt) for every logged metric."""
+    """Rerun the execution of ``run_id``; return (metric, logged, rebuilt) for every logged metric,
+    every held-out subject's metric, and per fold (predictions, 0 (the logged ones), largest
+    probability difference)."""
     import mlflow
 
     root = Path(root or repo_root())
@@ -106,6 +156,9 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
     source = scratch / "src"
     try:
         params_file = _logged_params_file(client, run, scratch)
+        logged_subjects = per_subject_values(_download(client, run.info.run_id, "metrics/per_subject.json",
+                                                       scratch / "logged"))
+        logged_predictions = _download(client, run.info.run_id, "predictions", scratch / "logged")
         _run(["git", "worktree", "add", "--detach", str(source), tags["git.commit"]], cwd=root)
         shutil.copy(params_file, source / "params.yaml")
         env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
@@ -113,13 +166,18 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         # Share the original cache so DVC-tracked inputs (a `dvc add`ed SEED-V) can be checked out.
         _run(["dvc", "config", "--local", "cache.dir", str(root / ".dvc" / "cache")], cwd=source, env=env)
-        subprocess.run(["dvc", "checkout", "--quiet"], cwd=source, env=env, capture_output=True)
+        _checkout_added_data(source, env)
         _run(["dvc", "repro", "--force"], cwd=source, env=env)
         rebuilt = pipeline_metrics(source / "metrics")
+        rebuilt_subjects = per_subject_values(source / "metrics" / "per_subject.json")
+        predictions = prediction_differences(logged_predictions, source / "data" / "predictions")
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=root, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    return [(key, logged.get(key), rebuilt.get(key)) for key in sorted(set(logged) | set(rebuilt))]
+    rows = [(key, logged.get(key), rebuilt.get(key)) for key in sorted(set(logged) | set(rebuilt))]
+    rows += [(key, logged_subjects.get(key), rebuilt_subjects.get(key))
+             for key in sorted(set(logged_subjects) | set(rebuilt_subjects))]
+    return rows + [(key, 0.0, delta) for key, delta in predictions.items()]
 
 
 def report(rows) -> tuple[str, str]:

@@ -28,8 +28,22 @@ Generative model, for subject s, session k, trial (clip) c with emotion y and n 
 - ``gain``: per-modality signal strength; some subjects have a weak EEG, others a weak eye recording.
 - ``ar1_noise``: temporally correlated noise (phi = 0.8) so neighbouring windows are alike.
 
+Optional slow within-session trend (``drift`` > 0; ``synthetic.drift``, default 0: none), the test case of
+the position audit (:func:`pipeline.baselines.position_probe`). Trial t = 0..14 of a session adds to every
+window::
+
+    drift * scale_m[s] * noise_m * (t / 14 - 0.5) * direction_m[s]
+
+in units of the noise std, so drift 1 moves each feature by about one noise std from a session's first
+trial to its last (fatigue, drying electrodes). ``direction`` is mostly a population direction (EEG theta
+and alpha rise, as with fatigue, plus a random part) and partly the subject's own, with unit RMS over the
+features. Since SEED-V's label order per session is the same for every subject, such a trend makes trial
+position, and so the label, readable from the features.
+
 All randomness comes from ``numpy.random.default_rng`` seeded by ``(seed,)`` for the population and
-``(seed, subject)`` per subject, so subject s is identical whatever the number of subjects generated.
+``(seed, subject)`` per subject, so subject s is identical whatever the number of subjects generated. The
+drift directions have their own streams, ``(seed, 0, 7)`` (population; no subject is 0) and
+``(seed, subject, 7)``, drawn only when drift > 0: drift 0 leaves every stream and every bit as before.
 """
 
 from __future__ import annotations
@@ -159,8 +173,25 @@ def _intensity(rng: np.random.Generator, peaks, n: int) -> np.ndarray:
     return np.clip(0.15 + curve + wobble, 0.0, None)
 
 
-def generate_subject(seed: int, subject: int, population: dict | None = None) -> SubjectRecording:
-    """One synthetic subject's 45 trials (see the module docstring for the model)."""
+def _drift_directions(seed: int, subject: int) -> dict[str, np.ndarray]:
+    """Per modality, the (features,) direction of the within-session trend: 0.8 of a population direction
+    and 0.6 of the subject's own (each unit RMS, independent, so the sum is about unit RMS too)."""
+    population, own = np.random.default_rng([seed, 0, 7]), np.random.default_rng([seed, subject, 7])
+    fatigue = np.zeros((len(CHANNELS), len(BANDS)))
+    fatigue[:, [BANDS.index("theta"), BANDS.index("alpha")]] = 1.0          # fatigue raises theta/alpha
+    shared = {"eeg": fatigue.reshape(-1) + population.normal(size=fatigue.size),
+              "eye": population.normal(size=N_EYE)}
+    out = {}
+    for modality, direction in shared.items():
+        direction = direction / np.sqrt(np.mean(direction**2))
+        out[modality] = 0.8 * direction + 0.6 * own.normal(size=direction.size)
+    return out
+
+
+def generate_subject(seed: int, subject: int, population: dict | None = None,
+                     drift: float = 0.0) -> SubjectRecording:
+    """One synthetic subject's 45 trials (see the module docstring for the model; ``drift``: the
+    within-session trend in noise stds over a session, 0 for none)."""
     pop = population or _population(seed)
     rng = np.random.default_rng([seed, subject])
     n_eeg, n_eye = pop["eeg_base"].size, N_EYE
@@ -176,8 +207,9 @@ def generate_subject(seed: int, subject: int, population: dict | None = None) ->
         gains["eye"] *= 0.35      # poor eye tracking (glasses, calibration)
     idiosyncrasy = {"eeg": 0.6 * rng.normal(size=(N_CLASSES, n_eeg)),
                     "eye": 0.35 * rng.normal(size=(N_CLASSES, n_eye))}
-    drift = {"eeg": 0.5 * rng.normal(size=(3, n_eeg)), "eye": 0.25 * rng.normal(size=(3, n_eye))}
+    session_drift = {"eeg": 0.5 * rng.normal(size=(3, n_eeg)), "eye": 0.25 * rng.normal(size=(3, n_eye))}
     noise = {"eeg": EEG_NOISE, "eye": EYE_NOISE}
+    directions = _drift_directions(seed, subject) if drift else None
 
     eeg, eye = [], []
     for trial, (label, n) in enumerate(zip(TRIAL_LABELS, TRIAL_WINDOWS)):
@@ -185,15 +217,18 @@ def generate_subject(seed: int, subject: int, population: dict | None = None) ->
         intensity = _intensity(rng, pop["clip_peaks"][trial], n)[:, None]
         for modality, out in (("eeg", eeg), ("eye", eye)):
             signal = pop[f"{modality}_pattern"][label] + idiosyncrasy[modality][label]
-            x = (pop[f"{modality}_base"] + offsets[modality] + drift[modality][session]
+            x = (pop[f"{modality}_base"] + offsets[modality] + session_drift[modality][session]
                  + gains[modality] * intensity * signal
                  + scales[modality] * noise[modality] * _ar1(rng, n, signal.size))
+            if directions is not None:
+                position = trial % TRIALS_PER_SESSION / (TRIALS_PER_SESSION - 1) - 0.5   # -0.5 .. 0.5
+                x = x + drift * scales[modality] * noise[modality] * position * directions[modality]
             out.append(x)
     return SubjectRecording(subject, eeg, eye, list(TRIAL_LABELS))
 
 
-def write_dataset(root: Path | str, seed: int, n_subjects: int = N_SUBJECTS) -> None:
-    """Write subjects 1..n_subjects in the SEED-V layout under ``root``."""
+def write_dataset(root: Path | str, seed: int, n_subjects: int = N_SUBJECTS, drift: float = 0.0) -> None:
+    """Write subjects 1..n_subjects in the SEED-V layout under ``root`` (``drift``: see the module docstring)."""
     population = _population(seed)
     for subject in range(1, n_subjects + 1):
-        write_subject(root, generate_subject(seed, subject, population))
+        write_subject(root, generate_subject(seed, subject, population, drift))

@@ -62,11 +62,15 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
 
 
 def pipeline_metrics(metrics_dir: Path) -> dict[str, float]:
-    """A finished pipeline's final metrics (``metrics.json`` and ``baselines.json``), flattened as they are
-    logged to the parent run."""
+    """A finished pipeline's final metrics (``metrics.json``, ``baselines.json`` and the position probe of
+    ``audits.json``), flattened as they are logged to the parent run."""
     metrics = flat_metrics(json.loads((metrics_dir / "metrics.json").read_text()))
     for name, summary in json.loads((metrics_dir / "baselines.json").read_text()).items():
         metrics.update(flat_metrics(summary, f"baseline/{name}/"))
+    audits = metrics_dir / "audits.json"     # absent in results from before the audit (pipeline.rebuild)
+    probe = json.loads(audits.read_text())["position_probe"] if audits.exists() else {}
+    metrics.update({f"audit/position_probe/{k}": probe[k] for k in ("accuracy_mean", "accuracy_std", "chance")
+                    if k in probe})
     return metrics
 
 

@@ -5,16 +5,22 @@ curves in one long table (one chart coloured by fold in ``dvc plots show``).
     python -m stages.evaluate PREDICTIONS CURVES FOLD_METRICS BASELINES_PER_SUBJECT METRICS PER_SUBJECT
                               CONFUSION_CSV PER_SUBJECT_CSV CURVES_CSV COMPARISON
 
+Every spread is a sample std (ddof 1). ``comparison.json`` (pipeline/comparison.py): per baseline and
+level the mean difference, BCa and t 95 % intervals, sign-flip permutation p and its Holm-adjusted p over
+every baseline × level of the file, Cohen's d_z, wins/ties/losses.
+
 With several training seeds (``train.seeds``) ``metrics.json`` gains a ``seeds`` section (each seed's
-accuracy, their mean and sample std over seeds) and the comparison pairs each subject's accuracy averaged
-over the seeds; everything else is the ``train.seed`` training.
+accuracy, their mean, sample std and 95 % t interval over seeds); the comparison pairs each subject's
+accuracy averaged over the seeds, and each entry adds each seed's mean difference with a t interval over
+seeds (descriptive: how much the difference depends on the seed). Everything else is the ``train.seed``
+training.
 """
 
 import json
 
 import pandas as pd
 
-from pipeline.comparison import paired_comparison
+from pipeline.comparison import compare_all, per_seed_metrics, summary_lines
 from pipeline.evaluate import evaluate, seed_summary, trial_predictions
 from pipeline.files import atomic_path, write_json
 from pipeline.seedv import EMOTIONS
@@ -30,8 +36,8 @@ if __name__ == "__main__":
     p = params()
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
     summary, per_subject = evaluate(predictions)
-    seeds, over_seeds = seed_summary({s: json.loads((args.fold_metrics / f"{s}.json").read_text())
-                                      for s in p.cv.subjects})
+    fold_metrics = {s: json.loads((args.fold_metrics / f"{s}.json").read_text()) for s in p.cv.subjects}
+    seeds, over_seeds = seed_summary(fold_metrics)
     write_json(args.metrics, {**summary, **({"seeds": seeds} if seeds else {})})
     write_json(args.per_subject, per_subject)
 
@@ -53,17 +59,14 @@ if __name__ == "__main__":
     baselines = {name: {int(s): m for s, m in folds.items()}
                  for name, folds in json.loads(args.baselines.read_text()).items()}
     model = over_seeds or per_subject
-    comparison = {name: paired_comparison(model, folds, p.train.seed) for name, folds in baselines.items()}
+    comparison = compare_all(model, baselines, p.train.seed, per_seed_metrics(fold_metrics))
     write_json(args.comparison, comparison)
 
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
-          f"over {summary['n_folds']} held-out subjects")
+          f"(mean ± sample std (ddof 1) over {summary['n_folds']} held-out subjects)")
     if seeds:
         print(f"over {seeds['n']} training seeds: trial accuracy {seeds['trial_accuracy_mean']:.4f} ± "
               f"{seeds['trial_accuracy_std']:.4f}, window {seeds['window_accuracy_mean']:.4f} ± "
-              f"{seeds['window_accuracy_std']:.4f} (mean ± sample std of the per-seed means)")
-    for name, c in comparison.items():
-        t = c["trial"]
-        print(f"  model − {name:12s} trial accuracy {100 * t['mean_difference']:+5.1f} points (95 % CI "
-              f"{100 * t['ci95_low']:+.1f} to {100 * t['ci95_high']:+.1f}; Wilcoxon p = {t['wilcoxon_p']:.3f}; "
-              f"{t['wins']} wins, {t['ties']} ties, {t['losses']} losses over {c['n_subjects']} subjects)")
+              f"{seeds['window_accuracy_std']:.4f} (mean ± sample std of the per-seed means; trial 95 % t "
+              f"interval {seeds['trial_accuracy_ci95_low']:.4f} to {seeds['trial_accuracy_ci95_high']:.4f})")
+    print("\n".join(summary_lines(comparison)))

@@ -11,5 +11,5 @@ if __name__ == "__main__":
     args = paths(__doc__, "out")
     p = params()
     with atomic_path(args.out) as tmp:
-        write_dataset(tmp, seed=p.synthetic.seed, n_subjects=p.synthetic.subjects)
+        write_dataset(tmp, seed=p.synthetic.seed, n_subjects=p.synthetic.subjects, drift=p.synthetic.drift)
     print(f"wrote {p.synthetic.subjects} synthetic subjects to {args.out}")

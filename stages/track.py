@@ -1,11 +1,12 @@
 """track: record the pipeline's results in MLflow. The only stage that talks to MLflow, so a change to how
 runs are logged reruns this stage and never retrains anything.
 
-    python -m stages.track MODELS FOLD_METRICS CURVES METRICS_DIR FINAL_MODEL PLOTS_DIR RECORD
+    python -m stages.track MODELS PREDICTIONS FOLD_METRICS CURVES METRICS_DIR FINAL_MODEL PLOTS_DIR RECORD
 
 One parent run per execution that changed anything: named after the DVC experiment (else short commit
 + changed params), with every param, the exact params.yaml, git/data/version tags, the summary and
-baseline metrics, a description, the metrics files and the figures. Under it one run per fold (its
+baseline metrics, a description, the metrics files, the figures and every fold's predictions (so that
+``pipeline.rebuild`` can compare them). Under it one run per fold (its
 params, per-epoch curves with the epoch as the step, metrics, the model ``fold-<s>``) and one ``final``
 run whose model is registered as ``models:/<mlflow.experiment>@candidate``.
 
@@ -37,7 +38,8 @@ def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
 
 
 if __name__ == "__main__":
-    args = paths(__doc__, "models", "fold_metrics", "curves", "metrics", "final_model", "plots", "record")
+    args = paths(__doc__, "models", "predictions", "fold_metrics", "curves", "metrics", "final_model", "plots",
+                 "record")
     p = params()
     with user_errors():
         tracker = Tracker(p.mlflow.experiment)
@@ -71,8 +73,9 @@ if __name__ == "__main__":
         tracker.log_metrics(parent, pipeline_metrics(args.metrics))
         tracker.describe(parent, headline(summary, synthetic=p.data.raw_dir == "data/raw/synthetic"))
         tracker.log_artifacts(parent, [args.metrics / f"{f}.json" for f in ("metrics", "per_subject", "baselines",
-                                                                             "comparison")], "metrics")
+                                                                             "comparison", "audits")], "metrics")
         tracker.log_artifacts(parent, sorted(args.plots.glob("*.png")), "plots")
+        tracker.log_artifacts(parent, sorted(args.predictions.glob("*.parquet")), "predictions")   # for rebuild
     # What was logged, without run ids or times: the same results give the same file.
     write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs,
                              "registered": f"models:/{p.mlflow.experiment}@{ALIAS}"})

@@ -19,7 +19,11 @@ def test_repro_metrics_and_diff(project):
     metrics = json.loads((project.path / "metrics/metrics.json").read_text())
     assert metrics["n_folds"] == 2 and 0 <= metrics["trial"]["accuracy_mean"] <= 1
     baselines = json.loads((project.path / "metrics/baselines.json").read_text())
-    assert set(baselines) == {"length-only", "eeg-logreg", "eye-logreg", "both-logreg", "chance"}
+    assert set(baselines) == {"length-only", "position-only", "eeg-logreg", "eye-logreg", "both-logreg",
+                              "crop-logreg", "chance"}
+    assert baselines["position-only"]["trial"]["accuracy_mean"] == 1.0   # SEED-V's layout: position is the label
+    probe = json.loads((project.path / "metrics/audits.json").read_text())["position_probe"]
+    assert probe["n_folds"] == 2 and 0 <= probe["accuracy_mean"] <= 1 and probe["chance"] == pytest.approx(1 / 3)
     assert all(b.keys() == metrics.keys() for b in baselines.values())
     comparison = json.loads((project.path / "metrics/comparison.json").read_text())
     assert set(comparison) == set(baselines) and comparison["chance"]["n_subjects"] == 2

@@ -38,6 +38,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
         assert parent["params.model.d_model"] == "16"
         assert 0 <= parent["metrics.trial/accuracy_mean"] <= 1
         assert "metrics.baseline/length-only/trial/accuracy_mean" in parent.index
+        assert 0 <= parent["metrics.audit/position_probe/accuracy_mean"] <= 1
     experiment_parent = parents[parents["tags.dvc.experiment"].notna()].iloc[0]
     assert experiment_parent["params.model.heads"] == "4"
     assert experiment_parent["metrics.seeds/n"] == 2 and experiment_parent["metrics.seeds/trial_accuracy_std"] >= 0
@@ -64,6 +65,9 @@ def test_parents_children_and_rebuild(project, tmp_path):
     ok = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "rebuilt bit-identically" in ok.stdout and "trial/accuracy_mean" in ok.stdout
+    # ... down to each held-out subject's metrics and each fold's window probabilities.
+    assert re.search(r"^subject 2/trial/accuracy .* yes$", ok.stdout, re.M), ok.stdout
+    assert re.search(r"^predictions/1 max \|Δ probability\| +0\.0 +0\.0 +yes$", ok.stdout, re.M), ok.stdout
 
     # Tampering with a logged metric makes it fail loudly.
     client = mlflow.MlflowClient(uri)

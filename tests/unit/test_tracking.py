@@ -136,3 +136,23 @@ def test_ended_runs_keep_no_bookkeeping_tags(tmp_path, monkeypatch):
     assert len(runs) == 5 and {r.info.status for r in runs} == {"KILLED", "FINISHED", "FAILED"}
     assert all(not set(tracking.BOOKKEEPING_TAGS) & set(r.data.tags) for r in runs)
     assert all(r.data.tags["pipeline.role"] in ("parent", "fold") for r in runs)
+
+
+def test_run_label_names_only_settings_that_differ_from_the_committed_params(tmp_path, monkeypatch):
+    """A scalar in the committed params.yaml and the one-element list the pipeline reads it as are the
+    same setting (CI once named every plain run ``<commit> train.label_smoothing=[0.0]``)."""
+    from pathlib import Path
+
+    from pipeline import params, provenance
+
+    text = Path("params.yaml").read_text()
+    assert "label_smoothing: 0.0" in text      # the scalar form this test is about
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(text)
+    for args in (["init", "-q"], ["add", "params.yaml"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"]):
+        subprocess.run(["git", *args], check=True)
+    flat = params.load("params.yaml").flat()
+    assert provenance.run_label("abcdef123", flat) == "abcdef"
+    flat["model.heads"] = 8
+    assert provenance.run_label("abcdef123", flat) == "abcdef model.heads=8"
