@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .errors import UserError
 from .evaluate import LOG_PROBABILITY_COLUMNS, classification_scores, trial_predictions
 from .model import CrossModalTransformer, grl_alpha
 from .params import Params, ParamsError, Train
@@ -46,6 +47,26 @@ def resolve_device(name: str) -> torch.device:
         raise ParamsError("train.device: cuda was asked for but torch sees no CUDA device — "
                           "use auto or cpu on this machine")
     return torch.device(name)
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss or the weights of a training became non-finite: the fold is a failure, never a score."""
+
+
+def check_finite(model: nn.Module, step_losses: torch.Tensor, first_step: int, epoch: int, label: str,
+                 tp: Train) -> None:
+    """Raise :class:`TrainingDiverged` unless every one of the epoch's ``step_losses`` (steps, on the
+    device) and every weight is finite; one host sync per epoch. ``first_step``: the epoch's first step
+    number (from 1), ``label``: which training (``fold 3 candidate 2/2``, ``final``)."""
+    weights_finite = torch.stack([torch.isfinite(w).all() for w in model.parameters()]).all()
+    finite = torch.cat([torch.isfinite(step_losses), weights_finite[None]]).tolist()
+    if all(finite):
+        return
+    bad = finite.index(False)
+    what = (f"the training loss became {step_losses[bad].item()} at step {first_step + bad}" if bad < len(step_losses)
+            else f"the weights became non-finite by step {first_step + len(step_losses) - 1}")
+    raise TrainingDiverged(f"{label}: {what} (epoch {epoch}): the training diverged, so nothing of it is scored "
+                           f"or written — lower train.lr (now {tp.lr:g}) or train.grad_clip (now {tp.grad_clip:g})")
 
 
 @dataclass
@@ -179,12 +200,16 @@ def fit(trials: Trials, subjects: list[int], params: Params, candidate: Candidat
         model.train()
         positions, owners, batches = epoch_batches(lengths, params, rng, epoch_steps)
         sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, class, domain, correct
+        step_losses = []
         for batch in batches:
             alpha = grl_alpha(step / max(total_steps - 1, 1))
-            sums += train_step(model, optimizer, batch_of(positions[batch], owners[batch]), labels[owners[batch]],
+            stats = train_step(model, optimizer, batch_of(positions[batch], owners[batch]), labels[owners[batch]],
                                domains[owners[batch]], alpha, tp, candidate)
+            sums += stats
+            step_losses.append(stats[0])
             scheduler.step()
             step += 1
+        check_finite(model, torch.stack(step_losses), step - len(step_losses) + 1, epoch, desc, tp)
         loss, class_loss, domain_loss, correct = (sums / len(owners)).tolist()   # one host sync per epoch
         row = {"epoch": epoch, "loss": loss, "class_loss": class_loss, "domain_loss": domain_loss,
                "train_accuracy": correct, "lr": scheduler.get_last_lr()[0], "grl_alpha": alpha,

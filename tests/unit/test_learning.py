@@ -78,3 +78,15 @@ def test_the_seed_decides_the_weights(trials):
     assert not all(torch.equal(a[k], other[k]) for k in a)
     changed = [k for k in a if not torch.equal(a[k], other[k]) and a[k].is_floating_point()]
     assert len(changed) > len(a) // 2    # not one stray tensor: the initialization itself follows the seed
+
+
+def test_a_diverging_fold_is_a_failure_not_a_score():
+    """Finite but aggressive settings blow the loss up to NaN; main once scored such a fold 20 % (argmax of
+    NaN probabilities is class 0). Now the training stops with one line naming the fold, step and epoch."""
+    from pipeline.errors import UserError
+
+    trials = planted()
+    huge = dataclasses.replace(trials, eeg=trials.eeg * 1e18, eye=trials.eye * 1e18)   # finite float32
+    with pytest.raises(UserError, match=r"^fold 1: the training loss became nan at step \d+ \(epoch \d+\): the "
+                                        r"training diverged.*lower train.lr \(now 10\) or train.grad_clip"):
+        train_fold(huge, 1, params(lr=10.0, grad_clip=1e6, weight_decay=0.0))
