@@ -35,6 +35,26 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: for a SQLite store, ``mlruns/<experiment>`` beside the
+    database file, an absolute path fixed at creation. MLflow's own default is ``./mlruns`` of the
+    *current* directory, which under a queued ``dvc exp run`` is DVC's temporary workspace, deleted when
+    the experiment ends (every artifact of its runs then gone). None for a server: it owns its store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return str(Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns" / experiment)
+
+
+def check_artifact_root(location: str, experiment: str) -> None:
+    """Refuse an experiment whose artifacts live in a DVC temporary workspace (created by an earlier
+    version from a queued experiment): whatever is logged there is deleted with the workspace."""
+    if "/.dvc/tmp/" in location:
+        raise TrackingStoreError(
+            f"MLflow experiment {experiment!r} keeps its artifacts in {location}, a DVC temporary workspace "
+            "that DVC deletes after each experiment (its runs' artifacts are gone): rename the experiment in "
+            "the MLflow UI, or set mlflow.experiment to a new name, so that a new one is created beside the store")
+
+
 class TrackingStoreError(UserError, RuntimeError):
     """The MLflow store cannot be used as it is; the message is one line naming it and what to do."""
 

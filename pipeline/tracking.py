@@ -16,7 +16,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .mlflow_store import REQUEST_TAG, check_store, create_run_once, retry, store_lock, tracking_uri
+from .mlflow_store import (REQUEST_TAG, artifact_root, check_artifact_root, check_store, create_run_once, retry,
+                           store_lock, tracking_uri)
 from .provenance import PROCESS_TAGS, alive, data_hashes, environment_tags, git_state, process_tags, run_label
 
 # The experiment's kind for MLflow's experiment-kind selector. The pinned UI (3.17) opens in whatever view
@@ -93,9 +94,11 @@ class Tracker:
         found = retry(self.client.get_experiment_by_name, name)
         if found is None:
             try:
-                return retry(self.client.create_experiment, name, tags=EXPERIMENT_KIND)
+                return retry(self.client.create_experiment, name, artifact_root(self.uri, name),
+                             tags=EXPERIMENT_KIND)
             except Exception:  # another process (on a shared server) created it first
                 found = retry(self.client.get_experiment_by_name, name)
+        check_artifact_root(found.artifact_location, name)
         if found.tags.get("mlflow.experimentKind") is None:
             retry(self.client.set_experiment_tag, found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id

@@ -12,7 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+
+from pipeline.model import serving_example
 
 
 pytestmark = pytest.mark.e2e
@@ -75,8 +78,17 @@ def test_two_queued_experiments_in_parallel(project, tmp_path):
     project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=1")
     project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=3")
     run_queue(project, jobs=2)
-    parents = assert_complete(f"sqlite:///{tmp_path / 'mlflow.db'}", 2)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parents = assert_complete(uri, 2)
     assert sorted(p.data.params["train.epochs"] for p in parents) == ["1", "3"]
+    # Each queued experiment ran in a DVC workspace that is gone now: what it logged is not.
+    for parent in parents:
+        params_yaml = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="params.yaml",
+                                                          tracking_uri=uri, dst_path=str(tmp_path / parent.info.run_id))
+        assert f"epochs: {parent.data.params['train.epochs']}" in Path(params_yaml).read_text()
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/seedv-cross-modal@candidate")
+    assert np.asarray(model.predict(serving_example(1, 12))).shape == (1, 5)
 
 
 def free_port() -> int:

@@ -156,3 +156,30 @@ def test_run_label_names_only_settings_that_differ_from_the_committed_params(tmp
     assert provenance.run_label("abcdef123", flat) == "abcdef"
     flat["model.heads"] = 8
     assert provenance.run_label("abcdef123", flat) == "abcdef model.heads=8"
+
+
+def test_artifacts_live_beside_the_store_whatever_the_working_directory(tmp_path, monkeypatch):
+    """A queued `dvc exp run` works in .dvc/tmp/exps/<tmp>, deleted afterwards: an experiment created
+    from there must not put its artifact root there (MLflow's default is ./mlruns of the cwd)."""
+    store = tmp_path / "repo" / "mlflow.db"
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    tracker = tracking.Tracker("fresh")
+    location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
+    assert location.removeprefix("file://") == str(tmp_path / "repo" / "mlruns" / "fresh")
+    with tracker.run("p", "parent") as run_id:
+        tracker.log_artifacts(run_id, [store])
+    assert (tmp_path / "repo" / "mlruns" / "fresh" / run_id / "artifacts" / "mlflow.db").is_file()
+    assert not (workspace / "mlruns").exists()
+
+
+def test_an_experiment_rooted_in_a_dvc_workspace_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.Tracker("ok")                       # creates the store
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("stale", artifact_location=str(tmp_path / ".dvc" / "tmp" / "exps" / "tmpx" / "mlruns" / "2"))
+    with pytest.raises(mlflow_store.TrackingStoreError, match=r"^MLflow experiment 'stale' keeps its artifacts in "
+                                                              r".*\.dvc/tmp/.*rename the experiment"):
+        tracking.Tracker("stale")
