@@ -14,7 +14,6 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
 
 from .errors import UserError
 from .seedv import MAX_WINDOWS_PER_TRIAL, N_SUBJECTS
@@ -251,33 +250,29 @@ def from_dict(raw, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {exc}") from None
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases (anchor bombs) and duplicate keys (YAML says last wins; DVC refuses)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.MarkedYAMLError(None, None, "anchors and aliases are not allowed in params.yaml",
-                                       event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
-                raise yaml.MarkedYAMLError(None, None, f"duplicate key {_shown(key)}", node.value[i][0].start_mark)
-        return super().construct_mapping(node, deep)
-
-
 def parse(text: str, source: str = "params.yaml"):
-    """The YAML document in ``text``; a syntax error, alias or duplicate key is one ParamsError line."""
+    """The YAML document in ``text``, read as DVC reads it (ruamel.yaml, YAML 1.2, ``typ="safe"``: so
+    ``1e-3`` is 0.001 to the stages and to ``dvc params diff`` alike, and ``on``/``yes`` are strings for
+    both); a syntax error, an unknown tag, a duplicate key or any alias is one ParamsError line. Aliases
+    are refused from the event stream before anything is built: an anchor bomb of a few hundred bytes
+    expands to gigabytes."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.events import AliasEvent
+
+    reader = YAML(typ="safe", pure=True)
     try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
+        for event in reader.parse(text):
+            if isinstance(event, AliasEvent):
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise ParamsError(f"{source}: line {line}: anchors and aliases are not allowed in params.yaml "
+                                  "(write each value out)")
+        return reader.load(text)
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ParamsError(f"{source}: not valid YAML{where}: {problem}") from None
+        raise ParamsError(f"{source}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
 
 
 def load(path: Path | str = "params.yaml") -> Params:
