@@ -186,13 +186,12 @@ class Tracker:
                          signature=infer_signature(example, output), input_example=example,
                          pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in SERVING_PACKAGES])
 
-    def register(self, run_id: str, name: str, alias: str):
-        """Register the model logged in ``run_id`` under ``name`` and point ``alias`` at the new version."""
+    def register(self, run_id: str, name: str):
+        """Register the model logged in ``run_id`` as a new version of ``name`` (no alias: that is
+        :mod:`pipeline.promote`'s decision)."""
         models = retry(self.mlflow.search_logged_models, experiment_ids=[self.experiment_id], output_format="list",
                        filter_string=f"source_run_id = '{run_id}'")
-        version = retry(self.mlflow.register_model, models[0].model_uri, name)
-        retry(self.client.set_registered_model_alias, name, alias, version.version)
-        return version
+        return retry(self.mlflow.register_model, models[0].model_uri, name)
 
     def log_artifacts(self, run_id: str, paths, folder: str | None = None) -> None:
         for path in paths:

@@ -8,7 +8,8 @@ One parent run per execution that changed anything: named after the DVC experime
 baseline metrics, a description, the metrics files, the figures and every fold's predictions (so that
 ``pipeline.rebuild`` can compare them). Under it one run per fold (its
 params, per-epoch curves with the epoch as the step, metrics, the model ``fold-<s>``) and one ``final``
-run whose model is registered as ``models:/<mlflow.experiment>@candidate``.
+run with the model trained on every subject. Nothing is registered: ``python -m pipeline.promote
+<parent run id> --reason …`` is the one way ``models:/<mlflow.experiment>@candidate`` moves.
 
 RECORD (``data/tracked.json``) lists what was logged. DVC caches it rather than git, so a fresh clone's
 ``dvc repro`` logs into its own MLflow store. To log the same results into another store (e.g. a team
@@ -25,10 +26,10 @@ import pandas as pd
 
 from pipeline.files import write_json
 from pipeline.model import serving_example
+from pipeline.promote import ALIAS
 from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import params, paths, user_errors
 
-ALIAS = "candidate"
 
 
 def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
@@ -66,7 +67,6 @@ if __name__ == "__main__":
         with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]}, tags, parent=parent) as run:
             tracker.log_metrics(run, {f"final/{k}": final[k] for k in ("epochs", "input_noise", "label_smoothing")})
             tracker.log_model(run, args.final_model / "model.pt", example, name="final")
-            version = tracker.register(run, p.mlflow.experiment, ALIAS)
         runs.append("final")
 
         summary = json.loads((args.metrics / "metrics.json").read_text())
@@ -77,8 +77,8 @@ if __name__ == "__main__":
         tracker.log_artifacts(parent, sorted(args.plots.glob("*.png")), "plots")
         tracker.log_artifacts(parent, sorted(args.predictions.glob("*.parquet")), "predictions")   # for rebuild
     # What was logged, without run ids or times: the same results give the same file.
-    write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs,
-                             "registered": f"models:/{p.mlflow.experiment}@{ALIAS}"})
-    print(f"logged {len(runs)} runs under parent '{name}' to {tracker.uri}; registered "
-          f"models:/{p.mlflow.experiment}@{ALIAS} (version {version.version}); in `mlflow ui`: "
-          f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{parent}{UI_VIEW}")
+    write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs})
+    print(f"logged {len(runs)} runs under parent '{name}' to {tracker.uri}; in `mlflow ui`: "
+          f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs/{parent}{UI_VIEW}\n"
+          f"nothing was registered; to serve this execution's final model as models:/{p.mlflow.experiment}@{ALIAS}: "
+          f"python -m pipeline.promote {parent} --reason '...'")

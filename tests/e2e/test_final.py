@@ -1,4 +1,4 @@
-"""The final model: trained by `dvc repro`, registered with an alias, served over HTTP, used on new files."""
+"""The final model: trained by `dvc repro`, promoted to an alias, served over HTTP, used on new files."""
 
 import json
 import socket
@@ -29,7 +29,13 @@ def test_final_model_is_registered_served_and_predicts(project, tmp_path):
     project.run("dvc", "repro")
     assert (project.path / "data/final_model/model.pt").is_file()
     client = mlflow.MlflowClient(project.env["MLFLOW_TRACKING_URI"])
+    assert client.search_registered_models() == []            # logging registers nothing
+    experiment = client.get_experiment_by_name("seedv-cross-modal")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`pipeline.role` = 'parent'")
+    promoted = project.run(sys.executable, "-m", "pipeline.promote", parent.info.run_id, "--reason", "e2e test")
+    assert "is now @candidate" in promoted.stdout
     version = client.get_model_version_by_alias("seedv-cross-modal", "candidate")
+    assert version.tags["parent_run"] == parent.info.run_id and version.tags["reason"] == "e2e test"
     final_run = client.get_run(version.run_id)
     assert final_run.info.run_name == "final" and final_run.info.status == "FINISHED"
     assert final_run.data.tags["pipeline.role"] == "final"

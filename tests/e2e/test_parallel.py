@@ -86,6 +86,10 @@ def test_two_queued_experiments_in_parallel(project, tmp_path):
         params_yaml = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="params.yaml",
                                                           tracking_uri=uri, dst_path=str(tmp_path / parent.info.run_id))
         assert f"epochs: {parent.data.params['train.epochs']}" in Path(params_yaml).read_text()
+    client = mlflow.MlflowClient(uri)
+    assert client.search_registered_models() == []            # no queued experiment redeploys
+    longer = next(p for p in parents if p.data.params["train.epochs"] == "3")
+    project.run(sys.executable, "-m", "pipeline.promote", longer.info.run_id, "--reason", "the 3-epoch one")
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/seedv-cross-modal@candidate")
     assert np.asarray(model.predict(serving_example(1, 12))).shape == (1, 5)

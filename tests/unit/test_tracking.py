@@ -1,5 +1,6 @@
 """MLflow bookkeeping in-process: stale and killed runs, retries, model registration."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import mlflow_store, tracking
+from pipeline import mlflow_store, promote, tracking
 
 
 def process_with_open_runs() -> subprocess.Popen:
@@ -67,7 +68,7 @@ def test_retry_backs_off_on_locked_store():
         mlflow_store.retry(lambda: (_ for _ in ()).throw(ValueError("not transient")))
 
 
-def test_logged_model_is_the_checkpoint_registered_by_alias(tmp_path, monkeypatch):
+def test_only_a_promotion_registers_and_the_model_is_the_checkpoint(tmp_path, monkeypatch):
     import torch
 
     from pipeline.model import CrossModalTransformer, PackedInput, save_checkpoint, serving_example
@@ -81,15 +82,43 @@ def test_logged_model_is_the_checkpoint_registered_by_alias(tmp_path, monkeypatc
     tracker = tracking.Tracker("t")
     example = serving_example(2, 4)
     example[..., :-1] = np.random.default_rng(0).normal(size=example[..., :-1].shape)
-    with tracker.run("p", "parent") as parent, tracker.run("final", "final", parent=parent) as run_id:
-        tracker.log_model(run_id, tmp_path / "model.pt", example, name="final")
-        version = tracker.register(run_id, "t-model", "candidate")
-    assert version.name == "t-model" and version.run_id == run_id
-    loaded = mlflow.pyfunc.load_model("models:/t-model@candidate")
+    committed = {"git.dirty": "false", "git.commit": "abc"}
+
+    def execution(tags=committed, metrics=True, fail=False) -> tuple[str, str]:
+        """A parent run with a final child holding the model; (parent id, final id)."""
+        with contextlib.suppress(RuntimeError), tracker.run("p", "parent", tags=tags) as parent:
+            with tracker.run("final", "final", parent=parent) as run_id:
+                tracker.log_model(run_id, tmp_path / "model.pt", example, name="final")
+            if metrics:
+                tracker.log_metrics(parent, {"trial/accuracy_mean": 0.5})
+            if fail:
+                raise RuntimeError("late failure")
+        return parent, run_id
+
+    # Logging registers nothing; only a promotion of a good execution moves the alias.
+    parent, run_id = execution()
+    assert tracker.client.search_registered_models() == []
+    refusals = {execution(fail=True)[0]: "ended FAILED", execution(metrics=False)[0]: "no logged metrics",
+                execution(tags={"git.dirty": "true"})[0]: "uncommitted code", run_id: "is a final run, not",
+                "0" * 32: "no such run"}
+    for refused, why in refusals.items():
+        with pytest.raises(promote.PromotionRefused, match=why):
+            promote.promote(refused, "test", user="tester")
+    assert tracker.client.search_registered_models() == []
+    version = promote.promote(parent, "best so far", user="tester")
+    assert version.run_id == run_id
+    promoted = tracker.client.get_model_version_by_alias("t", "candidate")
+    assert promoted.version == version.version and promoted.tags["promoted_by"] == "tester"
+    assert promoted.tags["reason"] == "best so far" and promoted.tags["parent_run"] == parent
+    assert "best so far" in promoted.description
+    # A later execution does not move it until it is promoted.
+    later, _ = execution()
+    assert tracker.client.get_model_version_by_alias("t", "candidate").version == version.version
+    loaded = mlflow.pyfunc.load_model("models:/t@candidate")
     with torch.no_grad():
         expected = PackedInput(model)(torch.from_numpy(example)).numpy()
     np.testing.assert_array_equal(loaded.predict(example), expected)
-    assert checkpoint_of("models:/t-model@candidate").read_bytes() == (tmp_path / "model.pt").read_bytes()
+    assert checkpoint_of("models:/t@candidate").read_bytes() == (tmp_path / "model.pt").read_bytes()
     assert loaded.metadata.signature.inputs.inputs[0].shape == (-1, 4, example.shape[2])
     experiment = tracker.client.get_experiment(tracker.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
