@@ -75,6 +75,12 @@ def pipeline_metrics(metrics_dir: Path) -> dict[str, float]:
     return metrics
 
 
+def _ended_by(exc: BaseException) -> str:
+    """A run's final status when ``exc`` ends it: KILLED for Ctrl-C or SIGTERM (``SystemExit(143)``)."""
+    interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 143)
+    return "KILLED" if interrupted else "FAILED"
+
+
 class Tracker:
     """One MLflow experiment in the store of this process (``MLFLOW_TRACKING_URI``, else ``mlflow.db``)."""
 
@@ -120,10 +126,27 @@ class Tracker:
                 self.log_params(run_id, params_flat)
             yield run_id
         except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 143)
-            self.end(run_id, "KILLED" if interrupted else "FAILED")
+            self.end(run_id, _ended_by(exc))
             raise
         self.end(run_id, "FINISHED")
+
+    @contextmanager
+    def execution(self):
+        """Around everything one process logs: whatever ends it early (an error, Ctrl-C, SIGTERM), every
+        run it still has RUNNING ends too. :meth:`run` ends its own run, but not one that the interruption
+        caught between creating it and entering its block, or while it was being ended."""
+        try:
+            yield
+        except BaseException as exc:
+            self.close_own(_ended_by(exc))
+            raise
+
+    def close_own(self, status: str) -> None:
+        """End as ``status`` every RUNNING run that this process opened (its :func:`process_tags`)."""
+        mine = process_tags()
+        for run in retry(self.client.search_runs, [self.experiment_id], "attributes.status = 'RUNNING'"):
+            if all(run.data.tags.get(key) == value for key, value in mine.items()):
+                self.end(run.info.run_id, status)
 
     def end(self, run_id: str, status: str) -> None:
         """Terminate a run and drop its bookkeeping tags (process and request ids): they only serve

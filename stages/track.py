@@ -44,13 +44,18 @@ if __name__ == "__main__":
     p = params()
     with user_errors():
         tracker = Tracker(p.mlflow.experiment)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # the open runs end as KILLED
+    def terminated(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)      # a second SIGTERM cannot cut the clean-up short
+        sys.exit(143)                                      # the open runs end as KILLED
+
+    signal.signal(signal.SIGTERM, terminated)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # plain log lines
     start, flat, tags = time.monotonic(), p.flat(), provenance()
     folds = {s: json.loads((args.fold_metrics / f"{s}.json").read_text()) for s in p.cv.subjects}
     example = serving_example(2, p.cv.crop_windows)     # batch 2: the signature is not specialized to one
     name, runs = parent_name(flat, tags["git.commit"]), []
-    with tracker.run(name, "parent", flat, {**tags, "device": folds[p.cv.subjects[0]]["device"]}) as parent:
+    device = folds[p.cv.subjects[0]]["device"]
+    with tracker.execution(), tracker.run(name, "parent", flat, {**tags, "device": device}) as parent:
         tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
         for k, (s, fold) in enumerate(folds.items(), 1):
             with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, tags, parent=parent) as run:

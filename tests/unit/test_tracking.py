@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import mlflow_store, promote, tracking
+from pipeline import mlflow_store, promote, provenance, tracking
 
 
 def process_with_open_runs() -> subprocess.Popen:
@@ -52,6 +52,32 @@ def test_sigterm_ends_runs_as_killed_and_an_error_as_failed(tmp_path, monkeypatc
     with pytest.raises(ValueError), tracker.run("q", "parent"):
         raise ValueError("boom")
     assert statuses(tracker) == {"p": "KILLED", "fold 1": "KILLED", "q": "FAILED"}
+
+
+def test_an_interrupted_execution_leaves_no_run_running(tmp_path, monkeypatch):
+    """SIGTERM can land between creating a run and entering its block, or while a run is being ended:
+    `run` alone then left it RUNNING (seen with `track`). `execution` ends whatever this process has open."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = tracking.Tracker("t")
+    mlflow_store.create_run_once(tracker.client, tracker.experiment_id, "another process's",
+                                         {"pipeline.host": "elsewhere", "pipeline.pid": "1"})
+    real_end = tracker.end
+
+    def interrupted_while_ending(run_id, status):
+        if status == "FINISHED":
+            raise SystemExit(143)          # the signal arrives inside the child's end
+        real_end(run_id, status)
+
+    with pytest.raises(SystemExit), tracker.execution(), tracker.run("p", "parent") as parent:
+        mlflow_store.create_run_once(tracker.client, tracker.experiment_id, "created, never entered",
+                                     {**provenance.process_tags(), "mlflow.parentRunId": parent})
+        raise SystemExit(143)              # the signal arrives before the child's block is entered
+    monkeypatch.setattr(tracker, "end", interrupted_while_ending)
+    with pytest.raises(SystemExit), tracker.execution(), tracker.run("q", "parent") as parent:
+        with tracker.run("fold 1", "fold", parent=parent):
+            pass
+    assert statuses(tracker) == {"p": "KILLED", "created, never entered": "KILLED", "q": "KILLED",
+                                 "fold 1": "KILLED", "another process's": "RUNNING"}
 
 
 def test_retry_backs_off_on_locked_store():
