@@ -5,8 +5,9 @@ returns its results; the driver writes every file, so workers need no shared fil
 talks to MLflow: the ``track`` stage logs the written folds afterwards.
 
 - Where: with ``RAY_ADDRESS`` set (Ray's own convention) it joins that cluster and ships the project code
-  as a ``runtime_env`` working dir; otherwise it starts a local Ray sized to the machine (no dashboard,
-  quiet logs) and shuts it down at the end.
+  as a ``runtime_env`` working dir (an address that does not answer fails in one line within
+  ``RAY_CONNECT_TIMEOUT`` s); otherwise it starts a private local Ray sized to the machine (no dashboard,
+  quiet logs; never the head that ``ray start --head`` left running) and shuts it down at the end.
 - Resources per fold: ``compute.threads_per_fold`` CPUs (the torch thread count, which can change the
   last bits of a result) and, when the cluster has GPUs, ``compute.gpus_per_fold`` of a GPU.
 - Seeds: with ``train.seeds`` = n > 1 every fold is trained n times, seeded ``train.seed`` + 0 .. n-1 (one
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from .errors import UserError
 from .evaluate import subject_metrics
 from .params import Params
 from .sequences import Trials
@@ -48,8 +51,25 @@ class FoldOutput:
     seconds: float
 
 
-class FoldFailed(RuntimeError):
-    """A fold raised: the message is one line naming the fold and its error."""
+class FoldFailed(UserError, RuntimeError):
+    """A fold raised, or Ray cannot be reached: the message is one line naming the fold and its error."""
+
+
+RAY_CONNECT_TIMEOUT = 10   # seconds to reach RAY_ADDRESS's head before giving up (Ray itself retries for minutes)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in one line when ``RAY_ADDRESS`` (``host:port`` or ``ray://host:port``) does not answer;
+    ``auto`` and ``local`` are Ray's own lookups and are left to it."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT).close()
+    except (OSError, ValueError) as exc:
+        raise FoldFailed(f"RAY_ADDRESS={address}: no Ray head answers there ({type(exc).__name__}: {exc}); start one "
+                         "with `ray start --head`, fix the address, or unset RAY_ADDRESS to train on a private "
+                         "local Ray") from None
 
 
 def training_seeds(params: Params) -> list[int]:
@@ -76,10 +96,14 @@ def _start_ray(root: Path) -> bool:
     if ray.is_initialized():
         return False
     quiet = dict(logging_level="ERROR", log_to_driver=False)
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
         ray.init(runtime_env={"working_dir": str(root), "excludes": RUNTIME_EXCLUDES}, **quiet)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+        # "local": a private Ray for this stage, even when a head started with `ray start --head` (or a
+        # dead one's leftovers in /tmp/ray) is on the machine; without it ray.init joins that one.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
     return True
 
 

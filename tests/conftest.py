@@ -113,6 +113,6 @@ def ray_session():
     """One local Ray for every in-process test that needs it (starting one takes seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -125,3 +125,67 @@ def test_each_extra_seed_is_the_run_with_that_seed(ray_session, trials):
     assert averaged[1]["trial"]["accuracy"] == pytest.approx(
         np.mean([outputs[1, seed].metrics["trial"]["accuracy"] for seed in (5, 6)]))
     assert seed_summary({s: {} for s in FOLDS}) == ({}, {})
+
+
+def run_python(code: str, cwd: Path, **env) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**clean, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **env})
+
+
+def test_an_unreachable_ray_address_fails_the_stage_in_one_line(tmp_path, tiny_frame):
+    """It hung past 120 s with rpc warnings; now one line within seconds, nothing written."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
+    tiny_frame.to_parquet(tmp_path / "features.parquet")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "stages.train", "features.parquet", "m", "p", "f", "c"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": "127.0.0.1:1"})
+    assert result.returncode == 1 and time.monotonic() - start < 60
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: RAY_ADDRESS=127.0.0.1:1: no Ray head answers there")
+    assert not any((tmp_path / name).exists() for name in "mpfc")
+
+
+def test_a_head_already_on_the_machine_is_not_joined_by_accident(tmp_path):
+    """After `ray start --head` (the README's recipe for queued experiments) a plain `dvc repro` without
+    RAY_ADDRESS died with "When connecting to an existing cluster, num_cpus and num_gpus must not be
+    provided"; it now starts its own Ray, with the head running and after it has gone."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+                             "--num-cpus=1", "--include-dashboard=false", "--block"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = ("from pathlib import Path; import os, ray; from pipeline.folds import _start_ray\n"
+             "assert _start_ray(Path('.'))\n"
+             "print(ray.cluster_resources()['CPU'] == os.cpu_count(), ray.get_runtime_context().gcs_address)\n"
+             "ray.shutdown()\n")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        running = run_python(probe, tmp_path)
+        assert running.returncode == 0, running.stderr[-2000:]
+        own, address = running.stdout.split()
+        assert own == "True" and not address.endswith(f":{port}")
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+    gone = run_python(probe, tmp_path)     # the dead head's files are still in /tmp/ray
+    assert gone.returncode == 0 and gone.stdout.startswith("True"), gone.stderr[-2000:]
