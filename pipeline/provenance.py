@@ -7,20 +7,56 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "requirements.txt")
+
+
+IMPORTABLE = (":(glob)*.py", ":(glob)*.pyc", ":(glob)*.so", ":(glob)*.pyd", ":(glob)*/__init__.py",
+              ":(glob)__pycache__/*")   # at the root, these shadow installed packages
+
+
+def stale_bytecode(root: Path) -> list[Path]:
+    """Bytecode under ``pipeline/`` and ``stages/`` that this interpreter would run instead of its source
+    but that is not that source compiled: a planted or stale ``__pycache__`` file (Python trusts a cache
+    whose header matches the source's mtime and size, whatever code it holds), or one without a source."""
+    import marshal
+
+    bad = []
+    tag = f".{sys.implementation.cache_tag}."
+    for cache in sorted(p for d in ("pipeline", "stages") for p in (root / d).rglob("__pycache__/*.pyc")):
+        if tag not in cache.name:
+            continue                 # another Python's cache: never read by this one
+        source = cache.parent.parent / (cache.name.split(tag)[0] + ".py")
+        try:
+            cached = marshal.loads(cache.read_bytes()[16:])
+            # code objects compare by content (marshal's bytes depend on reference counts); compiled under
+            # the file name the cache records, which depends on how the module was found
+            matches = cached == compile(source.read_bytes(), cached.co_filename, "exec", dont_inherit=True)
+        except (OSError, SyntaxError, ValueError, EOFError, TypeError, AttributeError):
+            matches = False
+        if not matches:
+            bad.append(cache)
+    return bad
 
 
 def git_state(root: Path) -> dict[str, str]:
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
-    # Dirty means uncommitted *code*, untracked files included: an untracked module under the code paths
-    # or a stray ./<name>.py at the root (it shadows an installed package) runs as much as tracked code.
-    # params.yaml is logged as an artifact, and outputs change during a run.
-    code = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS, ":(glob)*.py")
-    return {"git.commit": git("rev-parse", "HEAD") or "none", "git.dirty": str(bool(code)).lower()}
+    # Dirty means code that can run but is not the commit's: tracked code modified; any untracked or
+    # git-ignored file under the code paths or at the root that the interpreter could import (a stray
+    # ./<name>.py, .pyc, extension module or package shadows an installed one); bytecode under
+    # pipeline/ or stages/ that is not its source compiled. params.yaml is logged as an artifact, and
+    # outputs change during a run. Caches that do match their sources (Python writes them) are clean.
+    changed = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS, *IMPORTABLE)
+    ignored = [line[3:] for line in git("status", "--porcelain", "--ignored", "--untracked-files=all", "--",
+                                        *CODE_PATHS, *IMPORTABLE).splitlines() if line.startswith("!! ")]
+    ignored = [path for path in ignored if not path.endswith(".pyc") or "/__pycache__/" not in path
+               or not path.startswith(("pipeline/", "stages/"))]   # those are checked against their sources
+    dirty = bool(changed or ignored or stale_bytecode(root))
+    return {"git.commit": git("rev-parse", "HEAD") or "none", "git.dirty": str(dirty).lower()}
 
 
 def run_label(commit: str, params_flat: dict) -> str:

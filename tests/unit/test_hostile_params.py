@@ -170,6 +170,52 @@ def test_untracked_importable_files_make_the_code_dirty(tmp_path):
     (tmp_path / "tqdm.py").unlink()
     (tmp_path / "pipeline/b.py").write_text("y = 2\n")
     assert provenance.git_state(tmp_path)["git.dirty"] == "true"
+    (tmp_path / "pipeline/b.py").unlink()
+
+
+def test_ignored_shadows_and_planted_bytecode_make_the_code_dirty(tmp_path):
+    """Ignored by git but run by Python: a root .pyc / extension / package that shadows an installed one,
+    and a pipeline/__pycache__ file whose header matches the source while its code does not."""
+    import importlib.util
+    import py_compile
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                       env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+
+    (tmp_path / "pipeline").mkdir()
+    source = tmp_path / "pipeline/a.py"
+    source.write_text("x = 1\n")
+    (tmp_path / ".gitignore").write_text("__pycache__/\n*.pyc\n*.so\nbuild/\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "a")
+    cache = Path(importlib.util.cache_from_source(str(source)))
+    py_compile.compile(str(source), cfile=str(cache))           # what Python itself writes: clean
+    assert provenance.git_state(tmp_path)["git.dirty"] == "false"
+    # Planted: the bytecode of other code, with the header (mtime, size) of the unchanged source.
+    other = tmp_path / "other.py"
+    other.write_text("x = 2\n")                                  # same size as a.py
+    planted = tmp_path / "planted.pyc"
+    py_compile.compile(str(other), cfile=str(planted))
+    other.unlink()
+    cache.write_bytes(cache.read_bytes()[:16] + planted.read_bytes()[16:])
+    planted.unlink()
+    assert provenance.git_state(tmp_path)["git.dirty"] == "true"
+    cache.unlink()
+    assert provenance.git_state(tmp_path)["git.dirty"] == "false"
+    for shadow in ("tqdm.pyc", "numpy.so", "build/__init__.py"):      # build/ is git-ignored too
+        path = tmp_path / shadow
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("")
+        assert provenance.git_state(tmp_path)["git.dirty"] == "true", shadow
+        path.unlink()
+    shutil.rmtree(tmp_path / "build")
+    assert provenance.git_state(tmp_path)["git.dirty"] == "false"
 
 
 def test_the_largest_seed_runs_every_baseline(tiny_frame):
