@@ -62,7 +62,7 @@ def promote(run_id: str, reason: str, alias: str = ALIAS, user: str | None = Non
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri())
+    client = mlflow.MlflowClient(tracking_uri())   # only to find the run's experiment; then its Tracker
     try:
         run = retry(client.get_run, run_id)
     except MlflowException:
@@ -78,16 +78,16 @@ def promote(run_id: str, reason: str, alias: str = ALIAS, user: str | None = Non
             "git.commit": run.data.tags.get("git.commit", ""),
             "trial_accuracy_mean": str(run.data.metrics["trial/accuracy_mean"])}
     for key, value in tags.items():
-        retry(client.set_model_version_tag, experiment, version.version, key, value)
-    retry(client.update_model_version, experiment, version.version,
+        retry(tracker.client.set_model_version_tag, experiment, version.version, key, value)
+    retry(tracker.client.update_model_version, experiment, version.version,
           description=f"Promoted by {who} at {when} from run {run_id} ({run.info.run_name}): {reason}")
-    retry(client.set_registered_model_alias, experiment, alias, version.version)
+    retry(tracker.client.set_registered_model_alias, experiment, alias, version.version)
     return version
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_id", help="the parent run of a pipeline execution (mlflow ui, or data/tracked.json's log)")
+    parser.add_argument("run_id", help="the parent run of a pipeline execution (mlflow ui, or track's last line)")
     parser.add_argument("--reason", required=True, help="why this model, kept with the registered version")
     parser.add_argument("--alias", default=ALIAS)
     args = parser.parse_args(argv)
