@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import UserError
 from .params import Model as ModelParams
 from .params import Params, from_dict
 from .seedv import N_CLASSES, N_EEG, N_EYE
@@ -257,9 +258,29 @@ def save_checkpoint(path, model: CrossModalTransformer, params: Params, train_su
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[CrossModalTransformer, dict]:
-    """Rebuild a model from its ``model.pt`` (weights only: no pickle is executed)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    """Rebuild a model from its ``model.pt`` (weights only: no pickle is executed). A file that is not such
+    a checkpoint is one UserError line; its params are validated (memory included) and its tensors' shapes
+    compared with the network they describe, built on the meta device, before anything is allocated."""
+    fix = "give a model.pt written by this pipeline (data/final_model/model.pt, data/models/<subject>/model.pt)"
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as exc:   # a text file, a truncated zip, a pickle of other objects: torch raises many kinds
+        raise UserError(f"{path}: not a model.pt checkpoint ({type(exc).__name__}) — {fix}") from None
+    if not (isinstance(ckpt, dict) and {"state_dict", "params", "train_subjects"} <= set(ckpt)
+            and isinstance(ckpt["state_dict"], dict) and isinstance(ckpt["train_subjects"], list)
+            and all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values())):
+        raise UserError(f"{path}: a checkpoint of another format (no state_dict, params and train_subjects) — {fix}")
     params = from_dict(ckpt["params"], str(path))
-    model = CrossModalTransformer(params.model, n_subjects=len(ckpt["train_subjects"]))
+    n_subjects = len(ckpt["train_subjects"])
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in CrossModalTransformer(params.model, n_subjects).state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if given != expected:
+        missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+        wrong = [k for k in sorted(set(expected) & set(given)) if expected[k] != given[k]]
+        what = (f"tensor {missing[0]} missing" if missing else f"unexpected tensor {extra[0]}" if extra
+                else f"tensor {wrong[0]} has shape {given[wrong[0]]}, its params give {expected[wrong[0]]}")
+        raise UserError(f"{path}: weights do not fit the checkpoint's params ({what}) — {fix}")
+    model = CrossModalTransformer(params.model, n_subjects)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt

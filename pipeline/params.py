@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from .errors import UserError
-from .seedv import MAX_WINDOWS_PER_TRIAL, N_SUBJECTS
+from .seedv import MAX_WINDOWS_PER_TRIAL, N_EEG, N_EYE, N_SUBJECTS, TRIAL_WINDOWS
 
 ALL_SUBJECTS = list(range(1, N_SUBJECTS + 1))
 
@@ -214,9 +214,34 @@ def validate(p: Params) -> Params:
            "model.modalities: a non-empty subset of [eeg, eye]")
     _check(m.d_model % 2 == 0 or not m.positional_encoding,
            "model.d_model: must be even for the sinusoidal positional encoding")
+    need = training_bytes(p)
+    _check(need <= MAX_TRAINING_BYTES, f"model, train.batch_size and cv.crop_windows: one training step needs "
+           f"about {need / 2**30:.0f} GiB, over MAX_TRAINING_BYTES = {MAX_TRAINING_BYTES // 2**30} GiB (shrink "
+           "model.d_model, model.d_ff, model.layers, train.batch_size or cv.crop_windows)")
     _check(SAFE_NAME.fullmatch(p.mlflow.experiment) is not None,
            "mlflow.experiment: a name of letters, digits, '_', '.', '-' and spaces (at most 200)")
     return p
+
+
+MAX_TRAINING_BYTES = 64 * 2**30   # one fold's training step: more than any machine this targets gives a fold
+                                  # (24 GiB CPU machines; one 139 GiB GPU shared by its folds)
+
+
+def training_bytes(p: Params) -> int:
+    """Estimated peak memory of one training step in float32, from the params alone: weights with their
+    gradients and two AdamW moments (16 bytes each), plus what autograd keeps per window of the batch
+    (per encoder layer 12 d_model + 3 d_ff + 4 heads x L, the cross-attention 2 x (8 d_model + 4 heads x L),
+    the input features). ``benchmarks/memory.py`` prints it beside the measured peak (within ~35 % on CPU)."""
+    m, d, streams = p.model, p.model.d_model, len(p.model.modalities)
+    length = p.cv.crop_windows if p.cv.protocol == "crop" else max(TRIAL_WINDOWS)
+    width = sum({"eeg": N_EEG, "eye": N_EYE}[modality] for modality in m.modalities)
+    cross = m.cross_attention and streams == 2
+    weights = (width * d * (3 if m.feature_importance else 1) + 2 * streams * d * d
+               + (streams * m.layers * (4 * d * d + 2 * d * m.d_ff) if m.self_attention else 0)
+               + (8 * d * d if cross else 0))
+    per_window = (width + (streams * m.layers * (12 * d + 3 * m.d_ff + 4 * m.heads * length) if m.self_attention else 0)
+                  + (2 * (8 * d + 4 * m.heads * length) if cross else 0))
+    return 16 * weights + 4 * p.train.batch_size * length * per_window
 
 
 def _unknown_key(section: str, key: str, names: set[str]) -> str:

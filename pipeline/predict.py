@@ -26,21 +26,24 @@ from .errors import UserError
 from .evaluate import LOG_PROBABILITY_COLUMNS, trial_predictions
 from .features import normalize, recording_to_frame
 from .files import atomic_path
-from .seedv import EMOTIONS, MODALITIES, read_subject
+from .seedv import EMOTIONS, MODALITIES, files_by_subject, read_dataset
 
 
 def subjects_in(data: Path) -> tuple[Path, list[int]]:
     """(SEED-V root, subjects) for a folder or one subject's file in it."""
+    folders = {folder for folder, _ in MODALITIES.values()}
     if data.is_file():
         match = re.fullmatch(r"(\d+)_123\.npz", data.name)
-        if not match or data.parent.name not in {folder for folder, _ in MODALITIES.values()}:
+        if not match or data.parent.name not in folders:
             raise UserError(f"{data}: not a SEED-V subject file (<subject>_123.npz in EEG_DE_features/ or "
                             "Eye_movement_features/)")
         return data.parent.parent, [int(match.group(1))]
-    eeg = data / MODALITIES["eeg"][0]
-    subjects = sorted(int(m.group(1)) for f in eeg.glob("*_123.npz") if (m := re.fullmatch(r"(\d+)_123\.npz", f.name)))
+    if not data.is_dir():
+        raise UserError(f"{data}: no such file or folder — point at a SEED-V folder or one subject's file in it")
+    subjects = sorted(files_by_subject(data / MODALITIES["eeg"][0]))
     if not subjects:
-        raise UserError(f"{data}: no SEED-V subject files in {eeg} — point at a SEED-V folder or file")
+        raise UserError(f"{data}: no SEED-V subject files in {data / MODALITIES['eeg'][0]} — point at a SEED-V "
+                        "folder or file")
     return data, subjects
 
 
@@ -73,7 +76,7 @@ def predict(data: Path, model: str) -> pd.DataFrame:
     root, subjects = subjects_in(data)
     net, ckpt = load_checkpoint(checkpoint_of(model))
     settings = ckpt["params"]
-    frame = pd.concat([recording_to_frame(read_subject(root, s)) for s in subjects], ignore_index=True)
+    frame = pd.concat(map(recording_to_frame, read_dataset(root, subjects)), ignore_index=True)
     trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]))   # as the model was trained
     windows = predict_windows(net, trials, np.arange(len(trials.lengths)), settings["cv"]["protocol"],
                               settings["cv"]["crop_windows"], torch.device("cpu"))
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a model.pt checkpoint or an MLflow model URI")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     args = parser.parse_args(argv)
+    if args.out.is_dir() or not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: " + ("a folder; name a file in it" if args.out.is_dir()
+                                                else "its folder does not exist"))
     try:
         table = predict(args.data, args.model)
     except UserError as exc:

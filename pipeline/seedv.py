@@ -19,10 +19,13 @@ anything is inflated or allocated (``MAX_*`` below). Every problem a user's file
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import pickle
+import re
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +64,7 @@ TRIAL_LABELS = tuple(label for session in SESSION_LABELS for label in session)
 TRIAL_WINDOWS = tuple(n for session in SESSION_WINDOWS for n in session)
 
 MODALITIES = {"eeg": ("EEG_DE_features", N_EEG), "eye": ("Eye_movement_features", N_EYE)}
+MAX_SUBJECT = 127   # subject numbers are 1..127: the feature table stores them as int8
 
 
 class SeedVFormatError(UserError, ValueError):
@@ -77,14 +81,30 @@ def subject_file(root: Path | str, modality: str, subject: int) -> Path:
     return Path(root) / MODALITIES[modality][0] / f"{subject}_123.npz"
 
 
+def files_by_subject(folder: Path) -> dict[int, list[Path]]:
+    """Every ``.npz`` in ``folder`` whose name starts with a subject number (``1_123.npz``, ``01_123.npz``,
+    ``1_20180804.npz``), by that number; sorted by name."""
+    found: dict[int, list[Path]] = {}
+    for path in sorted(folder.glob("*.npz")) if folder.is_dir() else ():
+        if match := re.fullmatch(r"0*(\d{1,6})_.*\.npz", path.name):
+            found.setdefault(int(match.group(1)), []).append(path)
+    return found
+
+
 # --- safe unpickling --------------------------------------------------------------------------------
 #
-# Limits on what one file may make the reader hold. Real SEED-V subject files are ~5 MB (1823 windows x
-# 310 float64); these leave two orders of magnitude of headroom and keep a hostile file under ~1 GB.
-MAX_FILE_BYTES = 512 * 2**20      # one npz on disk
-MAX_MEMBER_BYTES = 256 * 2**20    # one npz member, uncompressed (read from the zip header before inflating)
+# Limits on what one file may make the reader hold, each checked before the memory it bounds is taken.
+# Real SEED-V subject files are ~5 MB (1823 windows x 310 float64); the limits leave a tenfold headroom and
+# keep any one file under ~0.5 GB however it is built (shared sublists, memo references, compression).
 MAX_WINDOWS_PER_TRIAL = 10_000    # 4-s windows: 11 hours; the longest SEED-V trial has 74
+MAX_WINDOWS_PER_FILE = 20_000     # all 45 trials together: 22 hours; SEED-V has 1823
 MAX_ARRAY_ELEMENTS = MAX_WINDOWS_PER_TRIAL * N_EEG   # any one array or nested list
+MAX_MEMBER_BYTES = 64 * 2**20     # one npz member, uncompressed (read from the zip header before inflating):
+                                  # a file at MAX_WINDOWS_PER_FILE needs 50 MB of float64 or of pickled floats
+MAX_FILE_BYTES = 2 * MAX_MEMBER_BYTES   # one npz on disk: its two members
+MAX_PICKLE_OPCODES = 2 * MAX_WINDOWS_PER_FILE * N_EEG   # a trial stored as Python lists takes one opcode
+                                  # per number; a pickle of repeated memo references takes one per element
+MAX_INT_BITS = 64                 # integers in a pickle: trial keys, labels and int arrays fit in 64 bits
 MAX_NESTING = 3                   # list depth of one trial's value: (windows, features) or (windows, 1)
 NUMERIC_KINDS = "biuf"            # bool, int, uint, float: what trial data and labels may be
 PLAIN_KINDS = NUMERIC_KINDS + "cSU"   # dtypes without pointers: the only arrays the reader builds
@@ -205,6 +225,17 @@ _ALLOWED_GLOBALS = {
 }
 
 
+def _counted(load):
+    """The loader of one opcode, counting it first: the pure-Python unpickler's time and the references it
+    can stack up grow with the opcodes, not with the bytes (a 2-byte memo reference can repeat a row)."""
+    def run(self):
+        self.opcodes += 1
+        if self.opcodes > MAX_PICKLE_OPCODES:
+            raise LimitError(f"a pickle of more than MAX_PICKLE_OPCODES = {MAX_PICKLE_OPCODES} opcodes")
+        load(self)
+    return run
+
+
 def _forbidden_opcode(name: str):
     def refuse(self):
         raise ForbiddenPickleError(f"pickle opcode {name}")
@@ -247,6 +278,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         target.__setstate__(state)
     dispatch[pickle.BUILD[0]] = load_build
 
+    dispatch = {code: _counted(load) for code, load in dispatch.items()}
+    opcodes = 0
+
 
 def _resolve(obj, memo: dict | None = None, depth: int = 0):
     """Replace the placeholders of a loaded pickle by what they stand for. Memoized by identity, so a
@@ -260,6 +294,8 @@ def _resolve(obj, memo: dict | None = None, depth: int = 0):
         out = _resolve(obj.value, memo, depth)
     elif isinstance(obj, _DType):
         raise ForbiddenPickleError("a bare dtype")
+    elif isinstance(obj, int) and obj.bit_length() > MAX_INT_BITS:
+        raise LimitError(f"an integer of {obj.bit_length()} bits, over MAX_INT_BITS = {MAX_INT_BITS}")
     elif isinstance(obj, dict):
         out = {_resolve(k, memo, depth + 1): _resolve(v, memo, depth + 1) for k, v in obj.items()}
     elif isinstance(obj, (list, tuple)):
@@ -420,12 +456,13 @@ def _nested_shape(value, memo: dict, depth: int = 0) -> tuple[int, ...] | None:
     return shape
 
 
-def _as_array(path, subject, trial, what: str, value) -> np.ndarray:
-    """A trial's value as a numeric array, with its size checked before any list is converted."""
+def _shape(path, subject, trial, what: str, value, memo: dict) -> tuple[int, ...]:
+    """The shape a trial's value would have as an array, checked against the per-trial limits before
+    anything is converted (``memo`` shares the measurement of shared sublists across trials)."""
     if isinstance(value, np.ndarray):
         shape = value.shape if value.dtype.kind in NUMERIC_KINDS else None
     else:
-        shape = _nested_shape(value, {})
+        shape = _nested_shape(value, memo)
     if shape is None:
         kind = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
         raise format_error(path, subject, f"{what} is a {kind} that is not a rectangular array of numbers",
@@ -434,20 +471,19 @@ def _as_array(path, subject, trial, what: str, value) -> np.ndarray:
         raise format_error(path, subject, f"{what} of shape {shape} is over the limit of "
                            f"MAX_WINDOWS_PER_TRIAL = {MAX_WINDOWS_PER_TRIAL} windows",
                            "check that this is the right file", trial)
-    return np.asarray(value)
+    return shape
 
 
-def _as_float_matrix(path, subject, trial, value, width: int) -> np.ndarray:
-    array = _as_array(path, subject, trial, "data", value)
-    if array.ndim != 2:
-        raise format_error(path, subject, f"data is {array.dtype} with shape {array.shape}, expected a "
-                           f"numeric (n_windows, {width}) array", "fix or regenerate the file", trial)
-    if array.shape[0] == 0:
+def _as_float_matrix(path, subject, trial, value, shape: tuple[int, ...], width: int) -> np.ndarray:
+    if len(shape) != 2:
+        raise format_error(path, subject, f"data has shape {shape}, expected a numeric (n_windows, {width}) "
+                           "array", "fix or regenerate the file", trial)
+    if shape[0] == 0:
         raise format_error(path, subject, "empty trial (0 windows)", "fix or regenerate the file", trial)
-    if array.shape[1] != width:
-        raise format_error(path, subject, f"data has {array.shape[1]} features per window, expected {width}",
+    if shape[1] != width:
+        raise format_error(path, subject, f"data has {shape[1]} features per window, expected {width}",
                            "is this the right modality folder?", trial)
-    array = array.astype(np.float64, copy=False)
+    array = np.asarray(value).astype(np.float64, copy=False)   # ints are <= 64 bits: float64 holds any mix
     too_large = int((np.abs(np.where(np.isfinite(array), array, 0.0)) > np.finfo(np.float32).max).sum())
     if too_large:
         raise format_error(path, subject, f"{too_large} values beyond the float32 range (|x| > 3.4e38)",
@@ -455,16 +491,13 @@ def _as_float_matrix(path, subject, trial, value, width: int) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _trial_label(path, subject, trial, value, n_windows: int) -> int:
-    labels = _as_array(path, subject, trial, "label", value)
-    if labels.ndim == 0:                                   # one label per trial: same for every window
-        labels = labels.reshape(1)
-    elif labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1 or labels.shape[0] not in (1, n_windows):
-        raise format_error(path, subject, f"label has shape {labels.shape}, expected ({n_windows},) numbers, "
+def _trial_label(path, subject, trial, value, n_windows: int, memo: dict) -> int:
+    shape = _shape(path, subject, trial, "label", value, memo)
+    # one label per window, as (n,) or (n, 1), or one for the whole trial
+    if not (shape in ((), (1,), (1, 1)) or shape in ((n_windows,), (n_windows, 1))):
+        raise format_error(path, subject, f"label has shape {shape}, expected ({n_windows},) numbers, "
                            "one per window, or a single number", "fix or regenerate the file", trial)
-    labels = labels.astype(np.float64)
+    labels = np.asarray(value).reshape(-1).astype(np.float64)
     if not np.isfinite(labels).all():
         raise format_error(path, subject, "label is NaN or infinite",
                            "labels are 0 disgust, 1 fear, 2 sad, 3 neutral, 4 happy", trial)
@@ -496,15 +529,24 @@ def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> S
 
     ``nan_policy``: ``error`` refuses NaN/Inf; ``impute`` fills them with :func:`impute_trial`.
     """
+    if not 1 <= subject <= MAX_SUBJECT:
+        raise format_error(subject_file(root, "eeg", subject), subject, f"subject number outside 1..{MAX_SUBJECT}",
+                           "number the subjects from 1")
     modalities = {}
     for modality, (_, width) in MODALITIES.items():
         path = subject_file(root, modality, subject)
         data, label = _load_trial_dicts(path, subject)
         data = _trial_keys(path, subject, "data", data)
         label = _trial_keys(path, subject, "label", label)
+        memo = {}
+        shapes = [_shape(path, subject, trial, "data", data[trial], memo) for trial in range(N_TRIALS)]
+        windows = sum(shape[0] for shape in shapes if shape)
+        if windows > MAX_WINDOWS_PER_FILE:   # checked before any trial is converted
+            raise format_error(path, subject, f"{windows} windows in its 45 trials, over the limit of "
+                               f"MAX_WINDOWS_PER_FILE = {MAX_WINDOWS_PER_FILE}", "check that this is the right file")
         arrays, labels = [], []
         for trial in range(N_TRIALS):
-            array = _as_float_matrix(path, subject, trial, data[trial], width)
+            array = _as_float_matrix(path, subject, trial, data[trial], shapes[trial], width)
             if not np.isfinite(array).all():
                 if nan_policy != "impute":
                     bad = int((~np.isfinite(array)).sum())
@@ -512,7 +554,7 @@ def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> S
                                        "clean the file or set data.nan_policy: impute", trial)
                 array = impute_trial(array)
             arrays.append(array)
-            labels.append(_trial_label(path, subject, trial, label[trial], len(array)))
+            labels.append(_trial_label(path, subject, trial, label[trial], len(array), memo))
         modalities[modality] = (path, arrays, labels)
 
     (eeg_path, eeg, eeg_labels), (eye_path, eye, eye_labels) = modalities["eeg"], modalities["eye"]
@@ -525,6 +567,38 @@ def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> S
             raise format_error(eye_path, subject, f"label {eye_labels[trial]} differs from the EEG label "
                                f"{eeg_labels[trial]} in {eeg_path}", "both modalities must agree", trial)
     return SubjectRecording(subject, eeg, eye, eeg_labels)
+
+
+def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "error") -> Iterator[SubjectRecording]:
+    """Read ``subjects`` one by one with :func:`read_subject`, after checking that each has exactly one
+    file per modality; refuses a recording (either modality) identical to an earlier subject's, which
+    would put a test subject's data into training under another subject's name."""
+    root, subjects = Path(root), list(subjects)
+    for modality, (folder, _) in MODALITIES.items():
+        found = files_by_subject(root / folder)
+        for subject in subjects:
+            canonical = subject_file(root, modality, subject)
+            others = [path.name for path in found.get(subject, []) if path.name != canonical.name]
+            if others and canonical.exists():
+                raise format_error(canonical, subject, f"a second file names this subject: {others[0]}",
+                                   "keep one file per subject (remove or move the other)")
+            if others:
+                raise format_error(canonical, subject, f"file missing, but {others[0]} is there",
+                                   f"rename it {canonical.name}")
+    seen: dict[tuple[str, str], tuple[int, Path]] = {}
+    for subject in subjects:
+        recording = read_subject(root, subject, nan_policy)
+        for modality, trials in (("eeg", recording.eeg), ("eye", recording.eye)):
+            digest = hashlib.sha256()
+            for trial in trials:
+                digest.update(np.asarray(trial.shape, dtype=np.int64).tobytes() + trial.tobytes())
+            path = subject_file(root, modality, subject)
+            if (key := (modality, digest.hexdigest())) in seen:
+                first, first_path = seen[key]
+                raise format_error(path, subject, f"the same recording as subject {first} ({first_path})",
+                                   "each subject must be another person's recording; remove the copy")
+            seen[key] = subject, path
+        yield recording
 
 
 # --- writing ----------------------------------------------------------------------------------------

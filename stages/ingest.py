@@ -7,7 +7,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.features import recording_to_frame, write_table
-from pipeline.seedv import read_subject
+from pipeline.seedv import read_dataset
 from stages.common import params, paths, user_errors
 
 if __name__ == "__main__":
@@ -15,8 +15,8 @@ if __name__ == "__main__":
     p = params()
     frames = []
     with user_errors():
-        for subject in tqdm(p.data.subjects, desc="ingest", unit="subject", disable=None):
-            recording = read_subject(p.data.raw_dir, subject, nan_policy=p.data.nan_policy)
+        recordings = read_dataset(p.data.raw_dir, p.data.subjects, nan_policy=p.data.nan_policy)
+        for recording in tqdm(recordings, desc="ingest", unit="subject", total=len(p.data.subjects), disable=None):
             frames.append(recording_to_frame(recording))
     table = pd.concat(frames, ignore_index=True)
     write_table(table, args.out)

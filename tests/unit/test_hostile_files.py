@@ -147,6 +147,44 @@ def test_shared_nested_lists_are_refused_quickly(dataset):
                             r"MAX_WINDOWS_PER_TRIAL")
 
 
+def test_windows_are_bounded_per_file_before_any_trial_is_converted(dataset):
+    """45 trials of 9 000 shared rows each (20 KB of pickle, 1 GB as float64 if converted): every
+    trial is under MAX_WINDOWS_PER_TRIAL, the file is not; refused from the shapes alone."""
+    for modality, width in (("eeg", seedv.N_EEG), ("eye", seedv.N_EYE)):
+        path = subject_file(dataset, modality, 1)
+        trials = dict.fromkeys(range(seedv.N_TRIALS), [[0.5] * width] * 9_000)   # one list, 45 keys
+        store(path, data=pickle.dumps(trials, protocol=4), label=pickle.dumps(dict.fromkeys(range(45), 1)))
+    assert path.stat().st_size < 30_000
+    assert_refused(dataset, r"EEG_DE_features/1_123.npz: subject 1: 405000 windows in its 45 trials, over "
+                            r"the limit of MAX_WINDOWS_PER_FILE = 20000")
+
+
+def test_a_pickle_of_repeated_references_is_bounded_by_its_opcodes(dataset):
+    """A list of 30 M memo references (2 bytes each, 60 MB inflated from a small deflated member): the
+    unpickler stops at MAX_PICKLE_OPCODES instead of stacking up references for a minute."""
+    path = subject_file(dataset, "eeg", 1)
+    payload = b"\x80\x04]\x94(" + b"h\x00" * 30_000_000 + b"e."   # [], memoized, then 30 M x memo[0]
+    old = dict(np.load(path))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, value in (("data", np.bytes_(payload)), ("label", old["label"])):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, value)
+            zf.writestr(f"{key}.npy", buffer.getvalue())
+    assert path.stat().st_size < 200_000
+    assert_refused(dataset, r"subject 1: 'data': a pickle of more than MAX_PICKLE_OPCODES = 12400000 opcodes")
+
+
+@pytest.mark.parametrize("payload, pattern", [
+    (lambda path: with_trial(path, [[2**70] * 310] * 18), r"'data': an integer of 71 bits, over MAX_INT_BITS = 64"),
+    (lambda path: b"(dp0\nL" + b"7" * 5000 + b"L\nI1\ns.",        # a key of 5000 digits, protocol 0
+     r"'data' is not a readable pickle \(ValueError\)"),
+], ids=["71-bit int", "5000-digit int"])
+def test_big_integers_are_refused_in_one_line(dataset, payload, pattern):
+    path = subject_file(dataset, "eeg", 1)
+    store(path, data=payload(path))
+    assert_refused(dataset, pattern)
+
+
 def test_lists_are_read_and_ragged_lists_refused(dataset):
     path = subject_file(dataset, "eeg", 1)
     data, _ = dicts(path)

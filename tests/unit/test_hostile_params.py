@@ -72,6 +72,22 @@ def test_incomplete_or_misshapen_params_are_refused(raw, match):
         params.from_dict(raw)
 
 
+@pytest.mark.parametrize("sections, gib", [
+    (dict(cv={"crop_windows": 10_000}), 1152),
+    (dict(model={"d_model": 4096, "heads": 64, "layers": 48, "d_ff": 65536}), 901),
+    (dict(train={"batch_size": 65_536}, model={"d_model": 1024, "d_ff": 4096}), 341),
+], ids=["crop 10000", "model at the range maximum", "batch 65536 wide model"])
+def test_params_that_cannot_be_allocated_are_refused_with_the_number(sections, gib):
+    """Each value is within its own range; together they need more than one machine: refused from the
+    params, before anything is allocated, naming the estimate (benchmarks/memory.py measures its error)."""
+    refused(rf"one training step needs about {gib} GiB, over MAX_TRAINING_BYTES = 64 GiB", **sections)
+
+
+def test_the_original_size_fits_the_memory_budget():
+    original = make_params(model={"d_model": 512, "heads": 8, "layers": 4, "d_ff": 2048})
+    assert params.training_bytes(original) < 2**30
+
+
 def test_yaml_problems_are_one_line():
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"

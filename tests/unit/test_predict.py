@@ -5,6 +5,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from pipeline import predict
 from pipeline.model import CrossModalTransformer, save_checkpoint
@@ -42,3 +43,57 @@ def test_the_command_writes_a_table_and_refuses_a_bad_file_in_one_line(dataset, 
     assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
     assert "Eye_movement_features/1_123.npz: subject 1: unreadable npz" in failed.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def run_main(capsys, *argv) -> tuple[int, str]:
+    """pipeline.predict's exit status and its stderr, in-process (an uncaught exception fails the test)."""
+    try:
+        code = predict.main([str(a) for a in argv])
+    except SystemExit as exc:     # argparse's usage errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def damaged_checkpoint(checkpoint, tmp_path, change) -> str:
+    ckpt = torch.load(checkpoint, weights_only=True)
+    change(ckpt)
+    path = tmp_path / "damaged.pt"
+    torch.save(ckpt, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda ckpt, tmp: (tmp / "notes.txt").write_text("a text file\n") and tmp / "notes.txt",
+     r"notes.txt: not a model.pt checkpoint \(RuntimeError\)"),
+    (lambda ckpt, tmp: torch.save({"weights": torch.zeros(3)}, tmp / "other.pt") or tmp / "other.pt",
+     r"other.pt: a checkpoint of another format"),
+    (lambda ckpt, tmp: damaged_checkpoint(ckpt, tmp, lambda c: c["state_dict"].pop("head.net.0.weight")),
+     r"damaged.pt: weights do not fit the checkpoint's params \(tensor head.net.0.weight missing\)"),
+    (lambda ckpt, tmp: damaged_checkpoint(ckpt, tmp, lambda c: c["params"]["model"].update(d_model=4096, heads=64,
+                                                                                          layers=48, d_ff=65536)),
+     r"damaged.pt: model, train.batch_size and cv.crop_windows: one training step needs about 901 GiB"),
+    (lambda ckpt, tmp: damaged_checkpoint(ckpt, tmp, lambda c: c["params"]["model"].update(d_model=32, d_ff=64)),
+     r"damaged.pt: weights do not fit the checkpoint's params \(tensor .* has shape"),
+], ids=["text file", "other format", "missing tensor", "huge dims", "dims that disagree with the weights"])
+def test_a_bad_model_is_one_line(dataset, checkpoint, tmp_path, capsys, make, message):
+    import re
+
+    code, err = run_main(capsys, dataset, "--model", make(checkpoint, tmp_path), "--out", tmp_path / "p.csv")
+    assert code == 1 and err.count("\n") == 1 and re.search(message, err), err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_bad_recordings_and_outputs_are_one_line(dataset, checkpoint, tmp_path, capsys):
+    code, err = run_main(capsys, dataset, "--model", checkpoint, "--out", tmp_path)
+    assert code == 2 and "--out" in err and "a folder; name a file in it" in err, err
+    for modality in ("eeg", "eye"):            # subject 200: past the feature table's int8
+        subject_file(dataset, modality, 2).rename(subject_file(dataset, modality, 200))
+    code, err = run_main(capsys, dataset, "--model", checkpoint, "--out", tmp_path / "p.csv")
+    assert code == 1 and err.count("\n") == 1 and "subject 200: subject number outside 1..127" in err, err
+    for modality in ("eeg", "eye"):            # 1_123.npz and 01_123.npz: which one is subject 1?
+        subject_file(dataset, modality, 200).unlink()
+        copy = subject_file(dataset, modality, 1).with_name("01_123.npz")
+        copy.write_bytes(subject_file(dataset, modality, 1).read_bytes())
+    code, err = run_main(capsys, dataset, "--model", checkpoint, "--out", tmp_path / "p.csv")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "EEG_DE_features/1_123.npz: subject 1: a second file names this subject: 01_123.npz" in err

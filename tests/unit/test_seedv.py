@@ -207,3 +207,31 @@ def test_per_trial_scalar_and_column_labels_are_accepted(dataset):
     label = {t: (np.float64(v[0]) if t % 2 else v[:, None]) for t, v in label.items()}
     rewrite(eeg, label=label)
     assert read_subject(dataset, 1).labels == list(seedv.TRIAL_LABELS)
+
+
+def test_a_recording_under_two_subject_ids_is_refused_naming_both(dataset):
+    """Subject 2's files replaced by subject 1's, re-saved (other bytes, same numbers): as training data it
+    would put held-out subject 1 into its own training set."""
+    for modality in ("eeg", "eye"):
+        members = dict(np.load(subject_file(dataset, modality, 1)))
+        np.savez_compressed(subject_file(dataset, modality, 2), **members)
+    assert subject_file(dataset, "eeg", 2).read_bytes() != subject_file(dataset, "eeg", 1).read_bytes()
+    with pytest.raises(SeedVFormatError, match=r"EEG_DE_features/2_123.npz: subject 2: the same recording as "
+                                               r"subject 1 \(.*EEG_DE_features/1_123.npz\) — each subject"):
+        list(seedv.read_dataset(dataset, [1, 2]))
+    assert [r.subject for r in seedv.read_dataset(dataset, [1])] == [1]
+
+
+def test_one_file_per_subject_and_modality(dataset):
+    eye = subject_file(dataset, "eye", 1)
+    eye.with_name("1_123 (copy).npz").write_bytes(eye.read_bytes())
+    with pytest.raises(SeedVFormatError, match=r"Eye_movement_features/1_123.npz: subject 1: a second file names "
+                                               r"this subject: 1_123 \(copy\).npz — keep one file per subject"):
+        list(seedv.read_dataset(dataset, [1, 2]))
+    eye.with_name("1_123 (copy).npz").unlink()
+    eeg = subject_file(dataset, "eeg", 2)
+    eeg.rename(eeg.with_name("02_123.npz"))
+    with pytest.raises(SeedVFormatError, match=r"EEG_DE_features/2_123.npz: subject 2: file missing, but "
+                                               r"02_123.npz is there — rename it 2_123.npz"):
+        list(seedv.read_dataset(dataset, [1, 2]))
+    assert [r.subject for r in seedv.read_dataset(dataset, [1])] == [1]   # 02_... is not subject 1's
