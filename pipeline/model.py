@@ -257,6 +257,19 @@ def save_checkpoint(path, model: CrossModalTransformer, params: Params, train_su
                 "train_subjects": list(train_subjects), "held_out": held_out}, path)
 
 
+def check_trained_with(params: Params, paths) -> None:
+    """Refuse (one UserError line) when a checkpoint at ``paths`` was trained with other params than
+    ``params``: what is logged beside a model must be what made it, and params.yaml can change while a
+    pipeline runs (an edit, or a second ``dvc exp run -S ...`` started in the same workspace)."""
+    now = params.flat()
+    for path in paths:
+        then = from_dict(torch.load(path, map_location="cpu", weights_only=True)["params"], str(path)).flat()
+        if changed := [k for k in now if now[k] != then[k]]:
+            raise UserError(f"{path} was trained with {changed[0]} = {then[changed[0]]!r}, params.yaml now says "
+                            f"{now[changed[0]]!r}: params.yaml changed during the run (another `dvc exp run` in "
+                            "this workspace? queue experiments with `dvc exp run --queue`) — rerun `dvc repro`")
+
+
 def load_checkpoint(path, map_location="cpu") -> tuple[CrossModalTransformer, dict]:
     """Rebuild a model from its ``model.pt`` (weights only: no pickle is executed). A file that is not such
     a checkpoint is one UserError line; its params are validated (memory included) and its tensors' shapes

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from pipeline.errors import UserError
+from pipeline.files import bind_to
 from pipeline.params import load
 
 
@@ -30,7 +34,24 @@ def paths(doc: str, *names: str, parser: argparse.ArgumentParser | None = None) 
     return parser.parse_args()
 
 
+def dvc_process() -> int | None:
+    """The ``dvc`` process running this stage: the nearest ancestor without ``DVC_STAGE``, the variable DVC
+    sets for a stage's shell and command only; None when the stage was not started by dvc."""
+    if "DVC_STAGE" not in os.environ:
+        return None
+    for ancestor in psutil.Process().parents():
+        try:
+            if "DVC_STAGE" not in ancestor.environ():
+                return ancestor.pid
+        except psutil.Error:       # not ours to read: the nearest process we cannot see into
+            return ancestor.pid
+    return None
+
+
 def params():
-    """``params.yaml``, validated completely before the stage does any work."""
+    """``params.yaml``, validated completely before the stage does any work. Under dvc, the stage's
+    outputs are bound to the dvc process running it (:func:`pipeline.files.bind_to`)."""
     with user_errors():
+        if (pid := dvc_process()) is not None:
+            bind_to(pid)
         return load("params.yaml")

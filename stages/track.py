@@ -25,11 +25,10 @@ import time
 import pandas as pd
 
 from pipeline.files import write_json
-from pipeline.model import serving_example
+from pipeline.model import check_trained_with, serving_example
 from pipeline.promote import ALIAS
 from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import params, paths, user_errors
-
 
 
 def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
@@ -43,6 +42,8 @@ if __name__ == "__main__":
                  "record")
     p = params()
     with user_errors():
+        check_trained_with(p, [args.models / str(s) / "model.pt" for s in p.cv.subjects]
+                           + [args.final_model / "model.pt"])
         tracker = Tracker(p.mlflow.experiment)
     def terminated(*_):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)      # a second SIGTERM cannot cut the clean-up short

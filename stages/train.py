@@ -87,7 +87,7 @@ def main() -> None:
 
     print(f"training {len(folds)} folds × {len(seeds)} seed(s) on Ray ({p.compute.threads_per_fold} thread(s) each,"
           f" {device})", flush=True)
-    with atomic_paths(*outputs) as temporaries:
+    with user_errors(), atomic_paths(*outputs) as temporaries:   # user_errors: an orphaned writer, one line
         try:
             run_folds(trials, p, folds, on_done)
         except FoldFailed as exc:

@@ -97,3 +97,14 @@ def test_bad_recordings_and_outputs_are_one_line(dataset, checkpoint, tmp_path, 
     code, err = run_main(capsys, dataset, "--model", checkpoint, "--out", tmp_path / "p.csv")
     assert code == 1 and err.count("\n") == 1, err
     assert "EEG_DE_features/1_123.npz: subject 1: a second file names this subject: 01_123.npz" in err
+
+
+def test_a_model_trained_with_other_params_is_named(checkpoint):
+    from pipeline.errors import UserError
+    from pipeline.model import check_trained_with
+
+    trained = make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32})
+    check_trained_with(trained, [checkpoint])
+    with pytest.raises(UserError, match=r"model.pt was trained with train.epochs = \d+, params.yaml now says 99"):
+        check_trained_with(make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
+                                       train={"epochs": 99}), [checkpoint])
