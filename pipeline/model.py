@@ -257,11 +257,15 @@ def save_checkpoint(path, model: CrossModalTransformer, params: Params, train_su
                 "train_subjects": list(train_subjects), "held_out": held_out}, path)
 
 
+TRAINING_SECTIONS = ("cv.", "model.", "train.")   # the params a model is made with (train's and final's in
+                                                  # dvc.yaml): another change reruns neither, so it may differ
+
+
 def check_trained_with(params: Params, paths) -> None:
-    """Refuse (one UserError line) when a checkpoint at ``paths`` was trained with other params than
-    ``params``: what is logged beside a model must be what made it, and params.yaml can change while a
+    """Refuse (one UserError line) when a checkpoint at ``paths`` was trained with other ``cv``, ``model``
+    or ``train`` params than ``params``: what is logged beside a model must be what made it, and params.yaml can change while a
     pipeline runs (an edit, or a second ``dvc exp run -S ...`` started in the same workspace)."""
-    now = params.flat()
+    now = {k: v for k, v in params.flat().items() if k.startswith(TRAINING_SECTIONS)}
     for path in paths:
         then = from_dict(torch.load(path, map_location="cpu", weights_only=True)["params"], str(path)).flat()
         if changed := [k for k in now if now[k] != then[k]]:

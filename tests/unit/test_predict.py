@@ -105,6 +105,8 @@ def test_a_model_trained_with_other_params_is_named(checkpoint):
 
     trained = make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32})
     check_trained_with(trained, [checkpoint])
+    check_trained_with(make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},   # reruns no
+                                   mlflow={"experiment": "other"}, data={"nan_policy": "impute"}), [checkpoint])
     with pytest.raises(UserError, match=r"model.pt was trained with train.epochs = \d+, params.yaml now says 99"):
         check_trained_with(make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
                                        train={"epochs": 99}), [checkpoint])
