@@ -1,0 +1,138 @@
+"""An ablation table: runs that differ from a reference in one setting, compared paired over subjects.
+
+    python -m pipeline.ablation REFERENCE REV [REV ...]
+
+Each argument is a git revision or a DVC experiment name (``dvc exp show``) whose commit holds
+``metrics/folds/<subject>.json`` (git-tracked); with ``train.seeds`` > 1 each fold holds every seed's
+metrics. Per revision and level (trial, window) it prints the accuracy averaged over seeds and subjects,
+with the sample std over seeds; then **reference minus revision** (what the switched-off component
+contributes), paired over the subjects both were tested on, each subject's accuracy averaged over its
+seeds: the mean difference with its 95 % BCa interval, the exact sign-flip permutation p, Holm-adjusted
+over every revision × level in the table, Cohen's d_z, wins/ties/losses — and, for seed robustness, the
+difference per seed (seed k against seed k) with a 95 % t interval over seeds (descriptive: three seeds
+are few). The statistics are :mod:`pipeline.comparison`'s, so they read as ``comparison.json`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+from statsmodels.stats.multitest import multipletests
+
+from .comparison import ALPHA, LEVELS, clean, differences, paired_test, per_seed_metrics, t_interval
+from .errors import UserError
+
+Folds = dict[int, dict]   # subject -> that fold's metrics (``trial``/``window`` -> ``accuracy``)
+
+
+def seed_average(per_seed: dict[str, Folds]) -> Folds:
+    """Each subject's accuracy per level averaged over the seeds."""
+    subjects = sorted(set.intersection(*(set(folds) for folds in per_seed.values())))
+    return {s: {level: {"accuracy": float(np.mean([folds[s][level]["accuracy"] for folds in per_seed.values()]))}
+                for level in LEVELS} for s in subjects}
+
+
+def ablation(runs: dict[str, dict[str, Folds]], seed: int = 0) -> dict:
+    """``runs``: name -> ``{seed: {subject: metrics}}``, the first name the reference. Returns per name
+    its ``accuracy`` per level (mean over seeds of the subject mean, sample std over seeds) and, for all
+    but the reference, ``difference`` per level: :func:`pipeline.comparison.paired_test` of reference minus
+    run over seed-averaged subjects with ``p_holm`` over the table, and ``per_seed`` differences with a t
+    interval over the seeds both have."""
+    (reference, ref_seeds), *others = runs.items()
+    out = {}
+    for name, per_seed in runs.items():
+        means = {level: [float(np.mean([f[level]["accuracy"] for f in folds.values()])) for folds in per_seed.values()]
+                 for level in LEVELS}
+        out[name] = {"n_seeds": len(per_seed), "accuracy": {
+            level: {"mean": float(np.mean(m)), "std_over_seeds": float(np.std(m, ddof=1)) if len(m) > 1 else None}
+            for level, m in means.items()}}
+    ref_average = seed_average(ref_seeds)
+    for name, per_seed in others:
+        average, common = seed_average(per_seed), sorted(set(ref_seeds) & set(per_seed), key=int)
+        out[name]["difference"] = {}
+        for level in LEVELS:
+            test = paired_test(differences(ref_average, average, level), seed)
+            by_seed = {k: float(differences(ref_seeds[k], per_seed[k], level).mean()) for k in common}
+            low, high = t_interval(list(by_seed.values()))
+            out[name]["difference"][level] = {**test, "per_seed": by_seed, "per_seed_t_ci95_low": low,
+                                              "per_seed_t_ci95_high": high}
+    tests = [(name, level) for name, _ in others for level in LEVELS]
+    if tests:
+        holm = multipletests([out[n]["difference"][lv]["p_permutation"] for n, lv in tests], alpha=ALPHA,
+                             method="holm")[1]
+        for (name, level), p in zip(tests, holm):
+            out[name]["difference"][level]["p_holm"] = float(p)
+    return clean(out)
+
+
+def markdown(table: dict) -> str:
+    """The table as README rows: accuracy ± std over seeds, and reference − run with its statistics."""
+    def pts(x):
+        return "n/a" if x is None else f"{100 * x:+.1f}"
+
+    def acc(a):
+        return f"{100 * a['mean']:.1f}" + ("" if a["std_over_seeds"] is None else f" ± {100 * a['std_over_seeds']:.1f}")
+
+    lines = ["| run | trial acc. (%) | window acc. (%) | reference − run, trial (points) | 95 % BCa | "
+             "permutation p | Holm p | d_z | per seed (95 % t over seeds) | window (points, Holm p) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in table.items():
+        cells = [name, acc(row["accuracy"]["trial"]), acc(row["accuracy"]["window"])]
+        if "difference" not in row:
+            cells += ["reference"] + [""] * 6
+        else:
+            t, w = row["difference"]["trial"], row["difference"]["window"]
+            seeds = " / ".join(pts(v) for v in t["per_seed"].values())
+            cells += [pts(t["mean_difference"]), f"{pts(t['ci95_low'])} to {pts(t['ci95_high'])}",
+                      f"{t['p_permutation']:.3f}", f"{t['p_holm']:.3f}",
+                      "n/a" if t["effect_size"] is None else f"{t['effect_size']:+.2f}",
+                      f"{seeds} ({pts(t['per_seed_t_ci95_low'])} to {pts(t['per_seed_t_ci95_high'])})",
+                      f"{pts(w['mean_difference'])} ({w['p_holm']:.3f})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_folds(rev: str) -> dict[str, Folds]:
+    """``{seed: {subject: metrics}}`` from the git-tracked ``metrics/folds/*.json`` of a git revision or a
+    DVC experiment (its name resolved to its commit by ``dvc.api.exp_show``), in the current repository."""
+    import dvc.api
+
+    sha = next((row["rev"] for row in dvc.api.exp_show() if row.get("Experiment") == rev and row["rev"] != "workspace"),
+               rev)
+    listing = subprocess.run(["git", "ls-tree", "--name-only", f"{sha}:metrics/folds"], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise UserError(f"{rev}: no metrics/folds in that revision — give a git revision or a DVC experiment "
+                        "name from `dvc exp show`")
+    folds = {}
+    for name in listing.stdout.split():
+        if name.removesuffix(".json").isdigit():
+            text = subprocess.run(["git", "show", f"{sha}:metrics/folds/{name}"], capture_output=True, text=True,
+                                  check=True).stdout
+            folds[int(name.removesuffix(".json"))] = json.loads(text)
+    if not folds:
+        raise UserError(f"{rev}: no metrics/folds/<subject>.json in that revision")
+    return per_seed_metrics(folds) or {"0": folds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ablation", description=__doc__.split("\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("reference", help="the run every other is compared with (e.g. main's experiment)")
+    parser.add_argument("revs", nargs="+", help="runs that differ from it in one setting")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON instead of markdown")
+    args = parser.parse_args(argv)
+    try:
+        table = ablation({rev: read_folds(rev) for rev in [args.reference, *args.revs]})
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(table, indent=2) if args.json else markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
