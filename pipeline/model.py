@@ -252,9 +252,12 @@ class PackedInput(nn.Module):
 
 def save_checkpoint(path, model: CrossModalTransformer, params: Params, train_subjects: list[int],
                     held_out: int | None) -> None:
-    """What ``model.pt`` holds: the weights and everything needed to rebuild the network."""
-    torch.save({"state_dict": model.state_dict(), "params": asdict(params),
-                "train_subjects": list(train_subjects), "held_out": held_out}, path)
+    """What ``model.pt`` holds: the weights and everything needed to rebuild the network. Written through
+    a file object: given a path, torch names the archive inside after the file, and a temporary name of
+    its own per process would make the same weights differ in bytes."""
+    with open(path, "wb") as fh:
+        torch.save({"state_dict": model.state_dict(), "params": asdict(params),
+                    "train_subjects": list(train_subjects), "held_out": held_out}, fh)
 
 
 TRAINING_SECTIONS = ("cv.", "model.", "train.")   # the params a model is made with (train's and final's in

@@ -110,3 +110,14 @@ def test_a_model_trained_with_other_params_is_named(checkpoint):
     with pytest.raises(UserError, match=r"model.pt was trained with train.epochs = \d+, params.yaml now says 99"):
         check_trained_with(make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
                                        train={"epochs": 99}), [checkpoint])
+
+
+def test_the_same_weights_give_the_same_bytes_whatever_the_file_is_called(checkpoint, tmp_path):
+    """DVC hashes data/models: a checkpoint's bytes must not depend on the temporary name it was written to."""
+    from pipeline.model import load_checkpoint
+
+    net, _ = load_checkpoint(checkpoint)
+    params = make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32})
+    for name in (".model.pt.123-abcdef01.tmp.pt", ".model.pt.456-0123abcd.tmp.pt"):
+        save_checkpoint(tmp_path / name, net, params, [1, 2], None)
+    assert (tmp_path / ".model.pt.123-abcdef01.tmp.pt").read_bytes() == (tmp_path / ".model.pt.456-0123abcd.tmp.pt").read_bytes()
