@@ -19,18 +19,23 @@ def command(process: psutil.Process) -> str:
         return ""
 
 
+def start_training(project, log, *command) -> subprocess.Popen:
+    """Start ``command`` in the project, its output in ``log``; return once its train stage is training."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=project.path, env=project.env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "training 2 folds" not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    return process
+
+
 def test_a_stage_orphaned_by_kill_9_of_dvc_writes_nothing(project, tmp_path):
     project.make_tiny()
     project.run("dvc", "repro", "normalize")
     project.set_params("train", epochs=60)          # the orphan: long enough to outlive the rerun
     log = tmp_path / "orphan.log"
-    with open(log, "w") as out:
-        dvc = subprocess.Popen(["dvc", "repro", "train"], cwd=project.path, env=project.env, stdout=out,
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while "training 2 folds" not in log.read_text():
-        assert dvc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.5)
+    dvc = start_training(project, log, "dvc", "repro", "train")
     stage = [p for p in psutil.Process(dvc.pid).children(recursive=True) if "stages.train" in command(p)]
     assert stage, "no train stage under dvc"
     dvc.send_signal(signal.SIGKILL)
@@ -51,13 +56,7 @@ def test_a_second_pipeline_in_a_busy_workspace_logs_nothing_false(project, tmp_p
     project.run("dvc", "repro", "normalize")
     project.set_params("train", epochs=60)
     log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        first = subprocess.Popen(["dvc", "exp", "run"], cwd=project.path, env=project.env, stdout=out,
-                                 stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while "training 2 folds" not in log.read_text():
-        assert first.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.5)
+    first = start_training(project, log, "dvc", "exp", "run")
     second = project.run("dvc", "exp", "run", "-S", "train.epochs=2", check=False, timeout=300)
     first.wait(timeout=600)
     # DVC's own lock refuses the second pipeline at its first stage that needs an output the first holds,
