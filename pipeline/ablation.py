@@ -20,39 +20,35 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 from statsmodels.stats.multitest import multipletests
 
 from .comparison import ALPHA, LEVELS, clean, differences, paired_test, per_seed_metrics, t_interval
 from .errors import UserError
+from .evaluate import seed_summary
 
-Folds = dict[int, dict]   # subject -> that fold's metrics (``trial``/``window`` -> ``accuracy``)
-
-
-def seed_average(per_seed: dict[str, Folds]) -> Folds:
-    """Each subject's accuracy per level averaged over the seeds."""
-    subjects = sorted(set.intersection(*(set(folds) for folds in per_seed.values())))
-    return {s: {level: {"accuracy": float(np.mean([folds[s][level]["accuracy"] for folds in per_seed.values()]))}
-                for level in LEVELS} for s in subjects}
+Folds = dict[int, dict]   # subject -> that fold's metrics file: ``trial``/``window`` and each seed's in ``seeds``
 
 
-def ablation(runs: dict[str, dict[str, Folds]], seed: int = 0) -> dict:
-    """``runs``: name -> ``{seed: {subject: metrics}}``, the first name the reference. Returns per name
-    its ``accuracy`` per level (mean over seeds of the subject mean, sample std over seeds) and, for all
-    but the reference, ``difference`` per level: :func:`pipeline.comparison.paired_test` of reference minus
-    run over seed-averaged subjects with ``p_holm`` over the table, and ``per_seed`` differences with a t
-    interval over the seeds both have."""
-    (reference, ref_seeds), *others = runs.items()
-    out = {}
-    for name, per_seed in runs.items():
-        means = {level: [float(np.mean([f[level]["accuracy"] for f in folds.values()])) for folds in per_seed.values()]
-                 for level in LEVELS}
-        out[name] = {"n_seeds": len(per_seed), "accuracy": {
-            level: {"mean": float(np.mean(m)), "std_over_seeds": float(np.std(m, ddof=1)) if len(m) > 1 else None}
-            for level, m in means.items()}}
-    ref_average = seed_average(ref_seeds)
-    for name, per_seed in others:
-        average, common = seed_average(per_seed), sorted(set(ref_seeds) & set(per_seed), key=int)
+def with_seeds(folds: Folds) -> Folds:
+    """``folds`` as a several-seed run writes them: a one-seed run's metrics become its seed ``0``."""
+    return {s: fold if "seeds" in fold else {**fold, "seeds": {"0": fold}} for s, fold in folds.items()}
+
+
+def ablation(runs: dict[str, Folds], seed: int = 0) -> dict:
+    """``runs``: name -> fold metrics (:func:`with_seeds` form), the first name the reference. Returns per
+    name its ``accuracy`` per level (:func:`pipeline.evaluate.seed_summary`: mean over seeds of the subject
+    mean, sample std over seeds) and, for all but the reference, ``difference`` per level:
+    :func:`pipeline.comparison.paired_test` of reference minus run over seed-averaged subjects with
+    ``p_holm`` over the table, and ``per_seed`` differences with a t interval over the seeds both have."""
+    summaries = {name: seed_summary(folds) for name, folds in runs.items()}
+    out = {name: {"n_seeds": summary["n"], "accuracy": {
+        level: {"mean": summary[f"{level}_accuracy_mean"], "std_over_seeds": summary[f"{level}_accuracy_std"]}
+        for level in LEVELS}} for name, (summary, _) in summaries.items()}
+    (reference, ref_folds), *others = runs.items()
+    ref_average, ref_seeds = summaries[reference][1], per_seed_metrics(ref_folds)
+    for name, folds in others:
+        average, per_seed = summaries[name][1], per_seed_metrics(folds)
+        common = sorted(set(ref_seeds) & set(per_seed), key=int)
         out[name]["difference"] = {}
         for level in LEVELS:
             test = paired_test(differences(ref_average, average, level), seed)
@@ -96,8 +92,8 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def read_folds(rev: str) -> dict[str, Folds]:
-    """``{seed: {subject: metrics}}`` from the git-tracked ``metrics/folds/*.json`` of a git revision or a
+def read_folds(rev: str) -> Folds:
+    """The fold metrics (:func:`with_seeds` form) from the git-tracked ``metrics/folds/*.json`` of a git revision or a
     DVC experiment (its name resolved to its commit by ``dvc.api.exp_show``), in the current repository."""
     import dvc.api
 
@@ -115,7 +111,7 @@ def read_folds(rev: str) -> dict[str, Folds]:
             folds[int(name.removesuffix(".json"))] = json.loads(text)
     if not folds:
         raise UserError(f"{rev}: no metrics/folds/<subject>.json in that revision")
-    return per_seed_metrics(folds) or {"0": folds}
+    return with_seeds(folds)
 
 
 def main(argv: list[str] | None = None) -> int:

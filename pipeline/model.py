@@ -266,8 +266,9 @@ TRAINING_SECTIONS = ("cv.", "model.", "train.")   # the params a model is made w
 
 def check_trained_with(params: Params, paths) -> None:
     """Refuse (one UserError line) when a checkpoint at ``paths`` was trained with other ``cv``, ``model``
-    or ``train`` params than ``params``: what is logged beside a model must be what made it, and params.yaml can change while a
-    pipeline runs (an edit, or a second ``dvc exp run -S ...`` started in the same workspace)."""
+    or ``train`` params than ``params``: what is logged beside a model must be what made it, and
+    params.yaml can change while a pipeline runs (an edit, or a second ``dvc exp run -S ...`` started in
+    the same workspace)."""
     now = {k: v for k, v in params.flat().items() if k.startswith(TRAINING_SECTIONS)}
     for path in paths:
         then = from_dict(torch.load(path, map_location="cpu", weights_only=True)["params"], str(path)).flat()

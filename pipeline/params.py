@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from .errors import UserError
-from .seedv import MAX_WINDOWS_PER_TRIAL, N_EEG, N_EYE, N_SUBJECTS, TRIAL_WINDOWS
+from .seedv import MAX_WINDOWS_PER_TRIAL, MODALITIES, N_SUBJECTS, TRIAL_WINDOWS
 
 ALL_SUBJECTS = list(range(1, N_SUBJECTS + 1))
 
@@ -234,7 +234,7 @@ def training_bytes(p: Params) -> int:
     the input features). ``benchmarks/memory.py`` prints it beside the measured peak (within ~35 % on CPU)."""
     m, d, streams = p.model, p.model.d_model, len(p.model.modalities)
     length = p.cv.crop_windows if p.cv.protocol == "crop" else max(TRIAL_WINDOWS)
-    width = sum({"eeg": N_EEG, "eye": N_EYE}[modality] for modality in m.modalities)
+    width = sum(MODALITIES[modality][1] for modality in m.modalities)
     cross = m.cross_attention and streams == 2
     weights = (width * d * (3 if m.feature_importance else 1) + 2 * streams * d * d
                + (streams * m.layers * (4 * d * d + 2 * d * m.d_ff) if m.self_attention else 0)

@@ -31,19 +31,18 @@ from .seedv import EMOTIONS, MODALITIES, files_by_subject, read_dataset
 
 def subjects_in(data: Path) -> tuple[Path, list[int]]:
     """(SEED-V root, subjects) for a folder or one subject's file in it."""
-    folders = {folder for folder, _ in MODALITIES.values()}
     if data.is_file():
         match = re.fullmatch(r"(\d+)_123\.npz", data.name)
-        if not match or data.parent.name not in folders:
+        if not match or data.parent.name not in {folder for folder, _ in MODALITIES.values()}:
             raise UserError(f"{data}: not a SEED-V subject file (<subject>_123.npz in EEG_DE_features/ or "
                             "Eye_movement_features/)")
         return data.parent.parent, [int(match.group(1))]
     if not data.is_dir():
         raise UserError(f"{data}: no such file or folder — point at a SEED-V folder or one subject's file in it")
-    subjects = sorted(files_by_subject(data / MODALITIES["eeg"][0]))
+    eeg = data / MODALITIES["eeg"][0]
+    subjects = sorted(files_by_subject(eeg))
     if not subjects:
-        raise UserError(f"{data}: no SEED-V subject files in {data / MODALITIES['eeg'][0]} — point at a SEED-V "
-                        "folder or file")
+        raise UserError(f"{data}: no SEED-V subject files in {eeg} — point at a SEED-V folder or file")
     return data, subjects
 
 

@@ -10,9 +10,10 @@ from pipeline import ablation
 
 
 def folds(accuracy_by_subject, seeds=("0", "1", "2"), shift=0.0):
-    """``{seed: {subject: metrics}}`` with each seed's accuracy shifted by ``shift`` x seed."""
-    return {k: {s: {level: {"accuracy": a + shift * int(k)} for level in ("trial", "window")}
-                for s, a in accuracy_by_subject.items()} for k in seeds}
+    """Fold metrics of a several-seed run, each seed's accuracy shifted by ``shift`` x seed."""
+    def metrics(a, k):
+        return {level: {"accuracy": a + shift * int(k), "f1_macro": a, "n": 45} for level in ("trial", "window")}
+    return {s: {**metrics(a, "0"), "seeds": {k: metrics(a, k) for k in seeds}} for s, a in accuracy_by_subject.items()}
 
 
 def test_a_component_that_helps_every_subject_is_found_and_one_that_does_nothing_is_not():
@@ -37,7 +38,8 @@ def test_revisions_are_read_from_git(tmp_path, monkeypatch, capsys):
     (tmp_path / "metrics/folds").mkdir(parents=True)
     for tag, shift in (("main", 0.0), ("off", -0.1)):
         for s in (1, 2, 3):
-            seeds = {str(k): {level: {"accuracy": 0.7 + 0.05 * s + shift} for level in ("trial", "window")}
+            seeds = {str(k): {level: {"accuracy": 0.7 + 0.05 * s + shift, "f1_macro": 0.7, "n": 45}
+                              for level in ("trial", "window")}
                      for k in range(2)}
             (tmp_path / f"metrics/folds/{s}.json").write_text(json.dumps({"seeds": seeds}))
         run("git", "add", "-A")
