@@ -1,7 +1,7 @@
 """Metrics from per-window predictions, computed the way the field reports them.
 
 Trial prediction: argmax of the mean per-window log-probability over the trial's windows. Per held-out
-subject: trial accuracy over its trials, window accuracy over its windows, macro F1 over the five classes
+subject: trial accuracy over its trials, window accuracy over its windows, macro F1 over the dataset's classes
 (a class a subject never gets predicted scores F1 0). Across subjects: the mean and the *sample* standard
 deviation (ddof 1) over held-out subjects, the one convention of every reported spread (over training
 seeds too, in :func:`seed_summary`); the original's 75.42 +- 11.15 is a population std (ddof 0), about 3 %
@@ -15,43 +15,53 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from .features import PROBABILITY_COLUMNS
-from .seedv import N_CLASSES
 
-CLASSES = list(range(N_CLASSES))
-# A trial predictions table: subject, session, trial, label, the mean log-probability per class, predicted.
-LOG_PROBABILITY_COLUMNS = [f"logp_{c}" for c in CLASSES]
+def n_classes(predictions: pd.DataFrame) -> int:
+    """The classes of a predictions table: its ``p_0`` .. ``p_<C-1>`` probability columns."""
+    return sum(1 for c in predictions.columns if c.startswith("p_") and c[2:].isdigit())
+
+
+def probability_columns(n: int) -> list[str]:
+    return [f"p_{c}" for c in range(n)]
+
+
+def log_probability_columns(n: int) -> list[str]:
+    """A trial predictions table's columns: the mean log-probability of each class."""
+    return [f"logp_{c}" for c in range(n)]
 
 
 def log_probabilities(predictions: pd.DataFrame) -> np.ndarray:
-    return np.log(np.clip(predictions[list(PROBABILITY_COLUMNS)].to_numpy(np.float64), 1e-12, None))
+    columns = probability_columns(n_classes(predictions))
+    return np.log(np.clip(predictions[columns].to_numpy(np.float64), 1e-12, None))
 
 
 def trial_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: subject, session, trial, label, mean log-probabilities, predicted."""
     frame = predictions[["subject", "session", "trial", "label"]].copy()
     log_p = log_probabilities(predictions)
-    for c, column in enumerate(LOG_PROBABILITY_COLUMNS):
+    columns = log_probability_columns(log_p.shape[1])
+    for c, column in enumerate(columns):
         frame[column] = log_p[:, c]
     grouped = frame.groupby(["subject", "session", "trial"], sort=True)
-    out = grouped[LOG_PROBABILITY_COLUMNS].mean()
+    out = grouped[columns].mean()
     out["label"] = grouped["label"].first()
-    out["predicted"] = out[LOG_PROBABILITY_COLUMNS].to_numpy().argmax(1)
+    out["predicted"] = out[columns].to_numpy().argmax(1)
     return out.reset_index()
 
 
-def classification_scores(labels, predicted) -> dict[str, float]:
-    """Accuracy and macro-F1 over the five classes (a class never predicted scores F1 0)."""
+def classification_scores(labels, predicted, n: int) -> dict[str, float]:
+    """Accuracy and macro-F1 over the ``n`` classes (a class never predicted scores F1 0)."""
     return {"accuracy": float(accuracy_score(labels, predicted)),
-            "f1_macro": float(f1_score(labels, predicted, labels=CLASSES, average="macro", zero_division=0))}
+            "f1_macro": float(f1_score(labels, predicted, labels=list(range(n)), average="macro", zero_division=0))}
 
 
 def subject_metrics(predictions: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Trial- and window-level scores of one held-out subject's predictions."""
     trials = trial_predictions(predictions)
-    window_predicted = log_probabilities(predictions).argmax(1)
-    return {"trial": {**classification_scores(trials["label"], trials["predicted"]), "n": int(len(trials))},
-            "window": {**classification_scores(predictions["label"], window_predicted), "n": int(len(predictions))}}
+    log_p = log_probabilities(predictions)
+    n = log_p.shape[1]
+    return {"trial": {**classification_scores(trials["label"], trials["predicted"], n), "n": int(len(trials))},
+            "window": {**classification_scores(predictions["label"], log_p.argmax(1), n), "n": int(len(predictions))}}
 
 
 def summarize(per_subject: dict[int, dict]) -> dict:
@@ -75,9 +85,10 @@ def evaluate(predictions: pd.DataFrame) -> tuple[dict, dict[int, dict]]:
 
 
 def confusion(predictions: pd.DataFrame, normalize: str | None = None) -> np.ndarray:
-    """Trial-level 5x5 confusion matrix, rows = true class in label order."""
+    """Trial-level C x C confusion matrix, rows = true class in label order."""
     trials = trial_predictions(predictions)
-    return confusion_matrix(trials["label"], trials["predicted"], labels=CLASSES, normalize=normalize)
+    return confusion_matrix(trials["label"], trials["predicted"], labels=list(range(n_classes(predictions))),
+                            normalize=normalize)
 
 
 def seed_summary(folds: dict[int, dict]) -> tuple[dict, dict[int, dict]]:
@@ -107,3 +118,26 @@ def seed_summary(folds: dict[int, dict]) -> tuple[dict, dict[int, dict]]:
     averaged = {s: {level: {"accuracy": float(np.mean([fold["seeds"][k][level]["accuracy"] for k in seeds]))}
                     for level in ("trial", "window")} for s, fold in folds.items()}
     return out, averaged
+
+
+def pool_by_subject(fold_metrics: dict[str, dict], subject_of: dict[str, int]) -> dict[int, dict]:
+    """Per-subject metrics from per-fold ones, for splits with several folds per subject (a subject's
+    blocks or sessions): trial and window accuracy pooled over the subject's folds (weighted by their
+    trial / window counts: exactly the accuracy over all its test trials), macro-F1 their weighted mean
+    (an approximation; the headline F1 comes from the pooled predictions), each training seed's
+    likewise. A subject with one fold keeps that fold's metrics unchanged."""
+    grouped: dict[int, list[dict]] = {}
+    for name, metrics in fold_metrics.items():
+        grouped.setdefault(subject_of[name], []).append(metrics)
+
+    def pool(parts: list[dict]) -> dict:
+        out = {}
+        for level in ("trial", "window"):
+            n = np.array([m[level]["n"] for m in parts], dtype=np.float64)
+            out[level] = {k: float(np.dot(n, [m[level][k] for m in parts]) / n.sum()) for k in ("accuracy", "f1_macro")}
+            out[level]["n"] = int(n.sum())
+        if all("seeds" in m for m in parts):
+            out["seeds"] = {k: pool([m["seeds"][k] for m in parts]) for k in parts[0]["seeds"]}
+        return out
+
+    return {s: parts[0] if len(parts) == 1 else pool(parts) for s, parts in sorted(grouped.items())}

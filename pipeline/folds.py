@@ -1,4 +1,4 @@
-"""Every LOSO fold of a study as a Ray task: in parallel on this machine, or on a Ray cluster.
+"""Every fold of a study (:mod:`pipeline.splits`) as a Ray task: in parallel on this machine, or on a Ray cluster.
 
 The driver loads the trials once and puts them in Ray's object store; each task trains one fold and
 returns its results; the driver writes every file, so workers need no shared filesystem. Nothing here
@@ -35,6 +35,7 @@ from .errors import UserError
 from .evaluate import subject_metrics
 from .params import Params
 from .sequences import Trials
+from .splits import Fold
 from .train import FoldResult, train_fold
 
 RETRIES = 3              # attempts after a worker process dies (not after an exception in the fold)
@@ -44,7 +45,7 @@ RUNTIME_EXCLUDES = [".git", ".venv", ".dvc/cache", ".dvc/tmp", "data", "mlruns",
 
 @dataclass
 class FoldOutput:
-    held_out: int
+    fold: Fold
     seed: int            # the train.seed this training used
     result: FoldResult
     metrics: dict
@@ -77,16 +78,16 @@ def training_seeds(params: Params) -> list[int]:
     return [params.train.seed + k for k in range(params.train.seeds)]
 
 
-def train_one(trials: Trials, held_out: int, params: Params, seed: int | None = None) -> FoldOutput:
+def train_one(trials: Trials, fold: Fold, params: Params, seed: int | None = None) -> FoldOutput:
     """Train and test one fold (seeded ``seed``, default ``train.seed``) with ``compute.threads_per_fold``
     torch threads."""
     start = time.monotonic()
     seed = params.train.seed if seed is None else seed
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=seed))
     torch.set_num_threads(params.compute.threads_per_fold)
-    result = train_fold(trials, held_out, params)
+    result = train_fold(trials, fold, params)
     result.model = result.model.cpu().eval()
-    return FoldOutput(held_out, seed, result, subject_metrics(result.predictions), time.monotonic() - start)
+    return FoldOutput(fold, seed, result, subject_metrics(result.predictions), time.monotonic() - start)
 
 
 def _start_ray(root: Path) -> bool:
@@ -107,7 +108,7 @@ def _start_ray(root: Path) -> bool:
     return True
 
 
-def run_folds(trials: Trials, params: Params, folds: list[int], on_done: Callable[[FoldOutput, int], None],
+def run_folds(trials: Trials, params: Params, folds: list[Fold], on_done: Callable[[FoldOutput, int], None],
               root: Path = Path(".")) -> None:
     """Train ``folds`` (each once per training seed) as Ray tasks; call ``on_done(output, n_done)`` in the
     driver as each finishes."""
@@ -119,19 +120,19 @@ def run_folds(trials: Trials, params: Params, folds: list[int], on_done: Callabl
         task = ray.remote(train_one).options(num_cpus=params.compute.threads_per_fold, num_gpus=gpus,
                                              max_retries=RETRIES, retry_exceptions=False)
         trials_ref = ray.put(trials)
-        pending = {task.remote(trials_ref, s, params, seed): (s, seed)
-                   for s in folds for seed in training_seeds(params)}
+        pending = {task.remote(trials_ref, fold, params, seed): (fold, seed)
+                   for fold in folds for seed in training_seeds(params)}
         done = 0
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                held_out, seed = pending.pop(ready[0])
+                fold, seed = pending.pop(ready[0])
                 try:
                     output = ray.get(ready[0])
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.cause if exc.cause is not None else exc
                     what = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
-                    name = f"fold {held_out}" + (f" (seed {seed})" if params.train.seeds > 1 else "")
+                    name = f"fold {fold.name}" + (f" (seed {seed})" if params.train.seeds > 1 else "")
                     raise FoldFailed(f"{name} failed: {what}") from None
                 done += 1
                 on_done(output, done)

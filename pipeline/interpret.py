@@ -27,9 +27,8 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
-from .model import CrossModalTransformer  # noqa: E402
-from .seedv import BANDS, CHANNELS, EMOTIONS  # noqa: E402
-from .evaluate import LOG_PROBABILITY_COLUMNS  # noqa: E402
+from .datasets import Spec  # noqa: E402
+from .evaluate import log_probability_columns  # noqa: E402
 from .sequences import Trials, run_sequences  # noqa: E402
 
 DPI = 150
@@ -59,6 +58,7 @@ def key_mass(attention: np.ndarray, n: int) -> np.ndarray:
 class Extraction:
     """Per held-out trial (T trials) of the folds: what the models did with them."""
 
+    spec: Spec
     labels: list[int] = field(default_factory=list)
     subjects: list[int] = field(default_factory=list)
     fim: dict[str, list[np.ndarray]] = field(default_factory=lambda: {"eeg": [], "eye": []})  # (F,) each
@@ -83,12 +83,12 @@ def _accumulate(acc: dict, positions: np.ndarray, details: dict, length: int, bi
         np.add.at(mass[1], positions[:n_valid], 1)
 
 
-def extract(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str, crop: int,
+def extract(model, trials: Trials, index: np.ndarray, cv_input: str, crop: int,
             bins: int, into: Extraction) -> Extraction:
     """Add the held-out trials ``index`` of one fold model to ``into``."""
     lengths = trials.lengths[index]
     per_trial = [dict(n=0, fim={}, attention={}, temporal={}) for _ in index]
-    for owners, batch_positions, out in run_sequences(model, trials, index, protocol, crop, details=True):
+    for owners, batch_positions, out in run_sequences(model, trials, index, cv_input, crop, details=True):
         for k, owner in enumerate(owners):
             details = {name: value[k].numpy() for name, value in out.details.items()}
             _accumulate(per_trial[owner], batch_positions[k], details, lengths[owner], bins)
@@ -109,11 +109,11 @@ def extract(model: CrossModalTransformer, trials: Trials, index: np.ndarray, pro
 
 
 @torch.no_grad()
-def trial_embeddings(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str,
+def trial_embeddings(model, trials: Trials, index: np.ndarray, cv_input: str,
                      crop: int) -> np.ndarray:
     """(len(index), E) fused embedding per trial of ``index``: the mean over its test sequences."""
     owners, embeddings = [], []
-    for batch_owners, _, out in run_sequences(model, trials, index, protocol, crop):
+    for batch_owners, _, out in run_sequences(model, trials, index, cv_input, crop):
         owners.append(batch_owners)
         embeddings.append(out.embedding.numpy())
     owners, embeddings = np.concatenate(owners), np.concatenate(embeddings)
@@ -149,11 +149,11 @@ def disabled_figure(path: Path, title: str, reason: str) -> Path:
     return _save(fig, path)
 
 
-def by_emotion(values: list[np.ndarray], labels: list[int]) -> list[np.ndarray | None]:
+def by_emotion(values: list[np.ndarray], labels: list[int], n_classes: int) -> list[np.ndarray | None]:
     labels = np.asarray(labels)
     stacked = np.stack(values)
     return [np.nanmean(stacked[labels == c], axis=0) if (labels == c).any() else None
-            for c in range(len(EMOTIONS))]
+            for c in range(n_classes)]
 
 
 def cross_attention_figure(ex: Extraction, path: Path) -> Path:
@@ -161,7 +161,8 @@ def cross_attention_figure(ex: Extraction, path: Path) -> Path:
     centred on zero (what is specific to an emotion, not the shared crop-edge pattern)."""
     if not ex.attention["eeg_to_eye"]:
         return disabled_figure(path, "Cross-modal attention", "model.cross_attention is off or one modality")
-    fig, axes = plt.subplots(2, 6, figsize=(19, 6.6), constrained_layout=True)
+    classes = ex.spec.classes
+    fig, axes = plt.subplots(2, len(classes) + 1, figsize=(3.2 * (len(classes) + 1), 6.6), constrained_layout=True)
     largest = 0.0
     for row, (direction, name) in enumerate((("eeg_to_eye", "EEG queries → eye keys"),
                                              ("eye_to_eeg", "eye queries → EEG keys"))):
@@ -170,12 +171,12 @@ def cross_attention_figure(ex: Extraction, path: Path) -> Path:
         axes[row, 0].set_title(f"all emotions (mean)\n{name}", fontsize=9)
         fig.colorbar(image, ax=axes[row, 0], shrink=0.8, label="attention weight")
         diffs = [m - mean if m is not None else np.zeros_like(mean)
-                 for m in by_emotion(ex.attention[direction], ex.labels)]
+                 for m in by_emotion(ex.attention[direction], ex.labels, len(classes))]
         bound = max(float(np.abs(d).max()) for d in diffs) or 1e-12
         largest = max(largest, bound / float(mean.mean()))
         for c, d in enumerate(diffs):
             image = axes[row, c + 1].imshow(d, vmin=-bound, vmax=bound, cmap="RdBu_r")
-            axes[row, c + 1].set_title(f"{EMOTIONS[c]} − mean\n{name}", fontsize=9)
+            axes[row, c + 1].set_title(f"{classes[c]} − mean\n{name}", fontsize=9)
         fig.colorbar(image, ax=axes[row, 1:], shrink=0.8, label="difference from the mean")
         for ax in axes[row]:
             ax.set_xlabel("key position (relative bin)")
@@ -198,7 +199,7 @@ def temporal_attention_figure(ex: Extraction, path: Path) -> Path:
                                             ("eye_to_eeg", "EEG windows attended by eye"))):
         curves = np.stack(ex.temporal[direction])
         grid = (np.arange(curves.shape[1]) + 0.5) / curves.shape[1]
-        for c, emotion in enumerate(EMOTIONS):
+        for c, emotion in enumerate(ex.spec.classes):
             per_subject = np.stack([curves[(labels == c) & (subjects == s)].mean(0) for s in np.unique(subjects)
                                     if ((labels == c) & (subjects == s)).any()])
             mean = per_subject.mean(0)
@@ -227,7 +228,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 def confidence_figure(trial_table, path: Path) -> Path:
     """trial_table: evaluate.trial_predictions output (logp_* columns, label, predicted)."""
-    log_p = trial_table[LOG_PROBABILITY_COLUMNS].to_numpy()
+    log_p = trial_table[log_probability_columns(sum(c.startswith("logp_") for c in trial_table.columns))].to_numpy()
     probs = np.exp(log_p - log_p.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     confidence = probs.max(1)
@@ -264,19 +265,20 @@ def feature_importance_figure(ex: Extraction, path: Path) -> Path:
     the mean gate itself is given in the title."""
     if not ex.fim["eeg"] and not ex.fim["eye"]:
         return disabled_figure(path, "Feature importance (FIM)", "model.feature_importance is off")
-    fig = plt.figure(figsize=(16, 13), constrained_layout=True)
-    grid = fig.add_gridspec(2, 5, height_ratios=[4, 1])
+    classes, channels, bands = ex.spec.classes, ex.spec.channels, ex.spec.bands
+    fig = plt.figure(figsize=(3.2 * len(classes), 13), constrained_layout=True)
+    grid = fig.add_gridspec(2, len(classes), height_ratios=[4, 1])
     notes = []
     if ex.fim["eeg"]:
-        mean = np.mean(np.stack(ex.fim["eeg"]), axis=0).reshape(len(CHANNELS), len(BANDS))
-        maps = [m.reshape(len(CHANNELS), len(BANDS)) - mean for m in by_emotion(ex.fim["eeg"], ex.labels)]
+        mean = np.mean(np.stack(ex.fim["eeg"]), axis=0).reshape(len(channels), len(bands))
+        maps = [m.reshape(len(channels), len(bands)) - mean for m in by_emotion(ex.fim["eeg"], ex.labels, len(classes))]
         bound = max(float(np.abs(m).max()) for m in maps) or 1e-12
         for c, m in enumerate(maps):
             ax = fig.add_subplot(grid[0, c])
             image = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
-            ax.set_title(f"EEG: {EMOTIONS[c]} − mean")
-            ax.set_xticks(range(len(BANDS)), BANDS, rotation=45)
-            ax.set_yticks(range(len(CHANNELS)), CHANNELS if c == 0 else [""] * len(CHANNELS), fontsize=6)
+            ax.set_title(f"EEG: {classes[c]} − mean")
+            ax.set_xticks(range(len(bands)), bands, rotation=45)
+            ax.set_yticks(range(len(channels)), channels if c == 0 else [""] * len(channels), fontsize=6)
             ax.set_xlabel("band")
             if c == 0:
                 ax.set_ylabel("channel")
@@ -285,13 +287,13 @@ def feature_importance_figure(ex: Extraction, path: Path) -> Path:
                      f"by at most {bound:.3f}")
     ax = fig.add_subplot(grid[1, :])
     if ex.fim["eye"]:
-        eye = np.stack(by_emotion(ex.fim["eye"], ex.labels))
+        eye = np.stack(by_emotion(ex.fim["eye"], ex.labels, len(classes)))
         mean = np.mean(np.stack(ex.fim["eye"]), axis=0)
         bound = float(np.abs(eye - mean).max()) or 1e-12
         image = ax.imshow(eye - mean, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
-        ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+        ax.set_yticks(range(len(classes)), classes)
         ax.set_xticks(range(eye.shape[1]), [f"{i:02d}" for i in range(eye.shape[1])], fontsize=7)
-        ax.set_xlabel("eye feature eye_NN, file order (SEED-V's per-index feature order is not published)")
+        ax.set_xlabel(f"eye feature eye_NN, file order ({ex.spec.name}'s per-index feature order is not published)")
         ax.set_ylabel("emotion")
         ax.set_title("Eye-feature FIM gate per emotion − mean gate")
         fig.colorbar(image, ax=ax, label="gate − mean gate")
@@ -304,7 +306,7 @@ def feature_importance_figure(ex: Extraction, path: Path) -> Path:
     return _save(fig, path)
 
 
-def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str, dict[int, float]],
+def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str, dict[int, float]], n_classes: int,
                                path: Path) -> Path:
     subjects = sorted(model_acc)
     series = {"model": model_acc, **baselines}
@@ -315,9 +317,9 @@ def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str,
         bars = ax.bar(np.arange(len(subjects)) + (k - (len(series) - 1) / 2) * width, values, width,
                       label=f"{name}: {values.mean():.1%} ± {values.std(ddof=1):.1%}")
         ax.axhline(values.mean(), color=bars.patches[0].get_facecolor(), lw=1, ls="--")
-    ax.axhline(0.2, color="black", lw=0.8, ls=":", label="chance (20 %)")
+    ax.axhline(1 / n_classes, color="black", lw=0.8, ls=":", label=f"chance ({1 / n_classes:.0%})")
     ax.set_xticks(range(len(subjects)), [str(s) for s in subjects])
-    ax.set_xlabel("held-out subject")
+    ax.set_xlabel("test subject")
     ax.set_ylabel("trial accuracy")
     ax.set_ylim(0, 1)
     ax.set_title("Per-subject trial accuracy (dashed: mean; legend: mean ± sample std over subjects)")
@@ -325,9 +327,9 @@ def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str,
     return _save(fig, path)
 
 
-def confusion_figure(matrix: np.ndarray, path: Path) -> Path:
+def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5.5), constrained_layout=True)
-    ConfusionMatrixDisplay(matrix, display_labels=list(EMOTIONS)).plot(ax=ax, values_format=".2f", cmap="Blues",
+    ConfusionMatrixDisplay(matrix, display_labels=list(classes)).plot(ax=ax, values_format=".2f", cmap="Blues",
                                                                        colorbar=True)
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("true emotion")
@@ -335,12 +337,12 @@ def confusion_figure(matrix: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
-def tsne_figure(held_out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], probe: tuple[int, float, int],
-                seed: int, path: Path) -> Path:
-    """t-SNE of held-out embeddings only: one panel per fold, its model's embeddings of its own held-out
-    subject's trials (models differ, so their spaces are never mixed). ``held_out[s]`` = (embeddings,
-    labels, predicted); ``probe`` = (fold, subject-probe accuracy on that fold's training subjects, number
-    of training subjects)."""
+def tsne_figure(held_out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], probe: tuple[str, float, int] | None,
+                seed: int, classes: tuple[str, ...], path: Path) -> Path:
+    """t-SNE of test embeddings only: one panel per fold, its model's embeddings of its own test trials
+    (models differ, so their spaces are never mixed). ``held_out[fold name]`` = (embeddings, labels,
+    predicted); ``probe`` = (fold, subject-probe accuracy on that fold's training subjects, number of
+    training subjects), or None when the fold trained on one subject."""
     columns = min(4, len(held_out))
     rows = -(-len(held_out) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows + 0.8), squeeze=False,
@@ -349,21 +351,25 @@ def tsne_figure(held_out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], 
     for ax, (s, (embeddings, labels, predicted)) in zip(axes.flat, held_out.items()):
         points = TSNE(n_components=2, perplexity=min(10.0, (len(labels) - 1) / 3), init="pca",
                       random_state=seed).fit_transform(embeddings)
-        for c, name in enumerate(EMOTIONS):
+        for c, name in enumerate(classes):
             for correct, marker in ((True, "o"), (False, "x")):
                 chosen = (labels == c) & ((predicted == labels) == correct)
                 ax.scatter(*points[chosen].T, s=16, marker=marker, color=colors(c),
                            label=name if correct else None)
-        ax.set_title(f"subject {s}: {np.mean(predicted == labels):.0%} correct", fontsize=9)
+        ax.set_title(f"{s}: {np.mean(predicted == labels):.0%} correct", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(held_out):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="best", title="emotion (o right, x wrong)", title_fontsize=7)
-    fold, accuracy, n_subjects = probe
-    verdict = ("not above chance: no subject identity detectable" if accuracy < 1.5 / n_subjects
-               else "above chance: subject identity remains")
-    fig.suptitle("t-SNE of each fold model's fused embeddings of its own held-out subject (never trained on)\n"
-                 f"subject-identity probe, fold {fold}'s model on its {n_subjects} training subjects: "
-                 f"{accuracy:.1%} cross-validated (chance {1 / n_subjects:.1%}) — {verdict}", fontsize=10)
+    if probe is None:
+        probe_line = "no subject-identity probe: the folds train on one subject"
+    else:
+        fold, accuracy, n_subjects = probe
+        verdict = ("not above chance: no subject identity detectable" if accuracy < 1.5 / n_subjects
+                   else "above chance: subject identity remains")
+        probe_line = (f"subject-identity probe, fold {fold}'s model on its {n_subjects} training subjects: "
+                      f"{accuracy:.1%} cross-validated (chance {1 / n_subjects:.1%}) — {verdict}")
+    fig.suptitle("t-SNE of each fold model's fused embeddings of its own test trials (never trained on)\n"
+                 + probe_line, fontsize=10)
     return _save(fig, path)

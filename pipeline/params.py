@@ -16,9 +16,10 @@ from pathlib import Path
 
 
 from .errors import UserError
-from .seedv import MAX_WINDOWS_PER_TRIAL, MODALITIES, N_SUBJECTS, TRIAL_WINDOWS
+from . import datasets
+from .datasets import DATASETS, MAX_SUBJECT
 
-ALL_SUBJECTS = list(range(1, N_SUBJECTS + 1))
+MAX_WINDOWS_PER_TRIAL = 10_000   # 4-s windows: 11 hours (every reader refuses longer trials)
 
 
 class ParamsError(UserError, ValueError):
@@ -27,6 +28,7 @@ class ParamsError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Data:
+    dataset: str     # a module of pipeline/datasets (DATASETS)
     raw_dir: str
     subjects: list[int]
     nan_policy: str
@@ -46,14 +48,16 @@ class Normalize:
 
 @dataclass(frozen=True)
 class CV:
-    subjects: list[int]
-    protocol: str
+    split: str           # loso | subject-dependent | cross-session | loso-unseen-clips (pipeline/splits.py)
+    subjects: list[int]  # test subjects: every fold tests one of them
+    input: str           # crop | trial: what one model input is (pipeline/sequences.py)
     crop_windows: int
 
 
 @dataclass(frozen=True)
 class Model:
-    d_model: int
+    name: str                # transformer | dcca | svm: a module of pipeline/models; the keys below are the
+    d_model: int             # transformer's, except modalities (every model's inputs)
     heads: int
     layers: int
     d_ff: int
@@ -66,6 +70,19 @@ class Model:
     global_pooling: bool
     domain_adaptation: bool
     mlp_head: bool
+
+
+@dataclass(frozen=True)
+class Dcca:
+    hidden: int            # units of each per-modality network's hidden layers
+    outputs: int           # canonical components per modality
+    eeg_weight: float      # fused = eeg_weight x EEG projection + (1 - eeg_weight) x eye projection
+    C: list[float]         # candidates: the linear-SVM head's regularization
+
+
+@dataclass(frozen=True)
+class Svm:
+    C: list[float]         # candidates: the linear SVM's regularization
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,8 @@ class Train:
     seed: int
     seeds: int                 # training seeds per fold: seed, seed + 1, ... (extra ones only for variance)
     device: str
-    validation_subjects: int   # inner-validation subjects per fold (0: no model selection, last epoch)
+    validation: int            # inner-validation groups per fold (0: no model selection, last epoch): training
+                               # subjects (subject-level splits) or trial blocks (within-subject splits)
     patience: int              # early stopping: epochs without inner-validation improvement (0: never)
     select_by: str             # f1 | loss: the inner-validation score that chooses the epoch
     refit: bool                # retrain on all training subjects for the chosen epochs
@@ -106,6 +124,8 @@ class Params:
     normalize: Normalize
     cv: CV
     model: Model
+    dcca: Dcca
+    svm: Svm
     train: Train
     compute: Compute
     mlflow: Mlflow
@@ -121,21 +141,24 @@ SEED_MAX = 2**32 - 1   # numpy's SeedSequence entropy words
 # Closed ranges for every number (min, max); None: unbounded on that side. Generous, but finite: a value
 # outside them is a typo or an attack, not an experiment.
 RANGES = {
-    "synthetic.seed": (0, SEED_MAX), "synthetic.subjects": (1, N_SUBJECTS), "synthetic.drift": (0.0, 100.0),
+    "synthetic.seed": (0, SEED_MAX), "synthetic.subjects": (1, MAX_SUBJECT), "synthetic.drift": (0.0, 100.0),
     "cv.crop_windows": (1, MAX_WINDOWS_PER_TRIAL),
     "model.d_model": (2, 4096), "model.heads": (1, 64), "model.layers": (1, 48), "model.d_ff": (1, 65536),
     "model.dropout": (0.0, 0.95),
+    "dcca.hidden": (1, 4096), "dcca.outputs": (1, 512), "dcca.eeg_weight": (0.0, 1.0), "dcca.C": (1e-6, 1e6),
+    "svm.C": (1e-6, 1e6),
     "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.crops_per_trial": (1, 1000),
     "train.lr": (1e-12, 10.0), "train.weight_decay": (0.0, 10.0), "train.grad_clip": (1e-12, 1e6),
     "train.label_smoothing": (0.0, 0.99), "train.input_noise": (0.0, 100.0),
     "train.domain_weight": (0.0, 1000.0), "train.seed": (0, SEED_MAX),
     "train.seeds": (1, 100),
-    "train.validation_subjects": (0, N_SUBJECTS - 2), "train.patience": (0, 10_000),
+    "train.validation": (0, MAX_SUBJECT), "train.patience": (0, 10_000),
     "compute.threads_per_fold": (1, 256), "compute.gpus_per_fold": (0.01, 8.0),
 }
 CHOICES = {
-    "data.nan_policy": ("error", "impute"), "normalize.scope": ("subject", "session", "none"),
-    "cv.protocol": ("crop", "trial"), "train.device": ("auto", "cpu", "cuda"), "train.select_by": ("f1", "loss"),
+    "data.dataset": tuple(DATASETS), "model.name": ("transformer", "dcca", "svm"), "data.nan_policy": ("error", "impute"), "normalize.scope": ("subject", "session", "none"),
+    "cv.split": ("loso", "subject-dependent", "cross-session", "loso-unseen-clips"), "cv.input": ("crop", "trial"),
+    "train.device": ("auto", "cpu", "cuda"), "train.select_by": ("f1", "loss"),
 }
 # data.raw_dir is a dependency path in dvc.yaml: plain path characters only, no newline or shell syntax.
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./-][A-Za-z0-9_./ -]{0,511}")
@@ -196,25 +219,30 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(p: Params) -> Params:
     """Checks that involve more than one key (each key's own type and range is checked on reading)."""
-    subjects = set(ALL_SUBJECTS)
+    spec = datasets.spec(p.data.dataset)
+    subjects = set(range(1, spec.subjects + 1))
     _check(SAFE_PATH.fullmatch(p.data.raw_dir) is not None,
            "data.raw_dir: use a plain path (letters, digits, '_', '.', '-', '/', spaces)")
     _check(len(p.data.subjects) >= 2 and set(p.data.subjects) <= subjects,
-           "data.subjects: at least 2 distinct subjects from 1..16 (one held out, the others to train on)")
+           f"data.subjects: at least 2 distinct subjects from 1..{spec.subjects} ({spec.name}; one held out, the "
+           "others to train on)")
+    _check(p.synthetic.subjects <= spec.subjects,
+           f"synthetic.subjects: {spec.name} has {spec.subjects} subjects; give at most that many")
     _check(bool(p.cv.subjects) and set(p.cv.subjects) <= set(p.data.subjects),
-           "cv.subjects: held-out subjects must be among data.subjects")
-    _check(p.train.validation_subjects <= len(p.data.subjects) - 2,
-           "train.validation_subjects: at most len(data.subjects) - 2 (one held out, one to train on)")
-    _check(p.train.validation_subjects > 0 or len(p.train.input_noise) * len(p.train.label_smoothing) == 1,
-           "train.input_noise / train.label_smoothing: candidate lists need inner validation to choose from "
-           "them (train.validation_subjects > 0), or give one value each")
+           "cv.subjects: test subjects must be among data.subjects")
+    lists = {"transformer": ("train.input_noise", "train.label_smoothing"), "dcca": ("dcca.C",), "svm": ("svm.C",)}
+    flat = p.flat()
+    _check(p.train.validation > 0 or all(len(flat[key]) == 1 for key in lists[p.model.name]),
+           f"{' / '.join(lists[p.model.name])}: candidate lists need inner validation to choose from them "
+           "(train.validation > 0), or give one value each")
+    _check(p.model.name != "dcca" or len(p.model.modalities) == 2, "model.modalities: dcca fuses both, give [eeg, eye]")
     m = p.model
     _check(m.d_model % m.heads == 0, f"model.d_model ({m.d_model}) must be a multiple of model.heads ({m.heads})")
     _check(bool(m.modalities) and set(m.modalities) <= {"eeg", "eye"},
            "model.modalities: a non-empty subset of [eeg, eye]")
     _check(m.d_model % 2 == 0 or not m.positional_encoding,
            "model.d_model: must be even for the sinusoidal positional encoding")
-    need = training_bytes(p)
+    need = training_bytes(p) if p.model.name == "transformer" else 0   # the others are far smaller
     _check(need <= MAX_TRAINING_BYTES, f"model, train.batch_size and cv.crop_windows: one training step needs "
            f"about {need / 2**30:.0f} GiB, over MAX_TRAINING_BYTES = {MAX_TRAINING_BYTES // 2**30} GiB (shrink "
            "model.d_model, model.d_ff, model.layers, train.batch_size or cv.crop_windows)")
@@ -233,8 +261,9 @@ def training_bytes(p: Params) -> int:
     (per encoder layer 12 d_model + 3 d_ff + 4 heads x L, the cross-attention 2 x (8 d_model + 4 heads x L),
     the input features). ``benchmarks/memory.py`` prints it beside the measured peak (within ~35 % on CPU)."""
     m, d, streams = p.model, p.model.d_model, len(p.model.modalities)
-    length = p.cv.crop_windows if p.cv.protocol == "crop" else max(TRIAL_WINDOWS)
-    width = sum(MODALITIES[modality][1] for modality in m.modalities)
+    spec = datasets.spec(p.data.dataset)
+    length = p.cv.crop_windows if p.cv.input == "crop" else max(spec.trial_windows)
+    width = sum(spec.widths[modality] for modality in m.modalities)
     cross = m.cross_attention and streams == 2
     weights = (width * d * (3 if m.feature_importance else 1) + 2 * streams * d * d
                + (streams * m.layers * (4 * d * d + 2 * d * m.d_ff) if m.self_attention else 0)

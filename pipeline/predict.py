@@ -1,9 +1,10 @@
-"""Predict the emotion of every trial of new SEED-V recordings with a trained model.
+"""Predict the emotion of every trial of new recordings with a trained model.
 
     python -m pipeline.predict DATA --model MODEL [--out predictions.csv]
 
-DATA is a SEED-V folder (``EEG_DE_features/`` and ``Eye_movement_features/``; every subject found there)
-or one subject's file inside such a folder (``.../EEG_DE_features/3_123.npz``). The files go through the
+DATA is a folder of the dataset the model was trained on (SEED-V: ``EEG_DE_features/`` and
+``Eye_movement_features/``; SEED-IV: ``eeg_feature_smooth/`` and ``eye_feature_smooth/``; every subject
+found there) or one subject's file inside such a folder (``.../EEG_DE_features/3_123.npz``). The files go through the
 same safe reader as ``ingest`` and the same label-free normalization as training (each recording by its
 own statistics). MODEL is a ``model.pt`` checkpoint (e.g. ``data/final_model/model.pt``) or an MLflow
 model URI (``models:/seedv-cross-modal@candidate``, ``runs:/<id>/final``). Writes one row per trial:
@@ -15,7 +16,6 @@ read (the format has them) but never used.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -23,27 +23,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .evaluate import LOG_PROBABILITY_COLUMNS, trial_predictions
+from . import datasets
+from .evaluate import log_probability_columns, trial_predictions
 from .features import normalize, recording_to_frame
 from .files import atomic_path
-from .seedv import EMOTIONS, MODALITIES, files_by_subject, read_dataset
-
-
-def subjects_in(data: Path) -> tuple[Path, list[int]]:
-    """(SEED-V root, subjects) for a folder or one subject's file in it."""
-    if data.is_file():
-        match = re.fullmatch(r"(\d+)_123\.npz", data.name)
-        if not match or data.parent.name not in {folder for folder, _ in MODALITIES.values()}:
-            raise UserError(f"{data}: not a SEED-V subject file (<subject>_123.npz in EEG_DE_features/ or "
-                            "Eye_movement_features/)")
-        return data.parent.parent, [int(match.group(1))]
-    if not data.is_dir():
-        raise UserError(f"{data}: no such file or folder — point at a SEED-V folder or one subject's file in it")
-    eeg = data / MODALITIES["eeg"][0]
-    subjects = sorted(files_by_subject(eeg))
-    if not subjects:
-        raise UserError(f"{data}: no SEED-V subject files in {eeg} — point at a SEED-V folder or file")
-    return data, subjects
 
 
 def checkpoint_of(model: str) -> Path:
@@ -66,26 +49,31 @@ def checkpoint_of(model: str) -> Path:
 
 
 def predict(data: Path, model: str) -> pd.DataFrame:
-    """One row per trial of the recordings at ``data``: predicted emotion and the five probabilities."""
+    """One row per trial of the recordings at ``data``: predicted emotion and each class's probability."""
     import torch
 
-    from .model import load_checkpoint
+    from .models import load_checkpoint
     from .sequences import Trials, predict_windows
 
-    root, subjects = subjects_in(data)
-    net, ckpt = load_checkpoint(checkpoint_of(model))
-    settings = ckpt["params"]
-    frame = pd.concat(map(recording_to_frame, read_dataset(root, subjects)), ignore_index=True)
-    trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]))   # as the model was trained
-    windows = predict_windows(net, trials, np.arange(len(trials.lengths)), settings["cv"]["protocol"],
+    checkpoint = checkpoint_of(model)
+    net, ckpt = load_checkpoint(checkpoint)
+    spec, settings = ckpt["spec"], ckpt["params"]
+    dataset = datasets.load(spec.name)
+    if dataset.SPEC != spec:
+        raise UserError(f"--model {model}: trained on {spec.name} data whose facts differ from this code's "
+                        f"{spec.name} (classes, sessions, widths, ...) — retrain it with this version")
+    root, subjects = dataset.subjects_in(data)
+    frame = pd.concat([recording_to_frame(r, spec) for r in dataset.read_dataset(root, subjects)], ignore_index=True)
+    trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]), spec)   # as the model was trained
+    windows = predict_windows(net, trials, np.arange(len(trials.lengths)), settings["cv"]["input"],
                               settings["cv"]["crop_windows"], torch.device("cpu"))
     trials = trial_predictions(windows)
-    log_p = trials[LOG_PROBABILITY_COLUMNS].to_numpy()
+    log_p = trials[log_probability_columns(spec.n_classes)].to_numpy()
     probs = np.exp(log_p - log_p.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     out = trials[["subject", "session", "trial"]].copy()
-    out["predicted"] = [EMOTIONS[c] for c in trials["predicted"]]
-    for c, emotion in enumerate(EMOTIONS):
+    out["predicted"] = [spec.classes[c] for c in trials["predicted"]]
+    for c, emotion in enumerate(spec.classes):
         out[f"p_{emotion}"] = probs[:, c]
     return out
 
@@ -93,7 +81,7 @@ def predict(data: Path, model: str) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n")[0],
                                      epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("data", type=Path, help="a SEED-V folder, or one subject's npz in it")
+    parser.add_argument("data", type=Path, help="a dataset folder, or one subject's file in it")
     parser.add_argument("--model", required=True, help="a model.pt checkpoint or an MLflow model URI")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     args = parser.parse_args(argv)

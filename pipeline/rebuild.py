@@ -99,10 +99,11 @@ def prediction_differences(logged: Path, rebuilt: Path) -> dict[str, float]:
     import pandas as pd
 
     out = {}
-    for path in sorted(logged.glob("*.parquet"), key=lambda p: int(p.stem)):
-        key = f"predictions/{path.stem} max |Δ probability|"
-        a, b = pd.read_parquet(path), (pd.read_parquet(rebuilt / path.name) if (rebuilt / path.name).is_file()
-                                       else None)
+    for path in sorted(logged.rglob("*.parquet")):
+        fold = path.relative_to(logged).with_suffix("")
+        key = f"predictions/{fold} max |Δ probability|"
+        other = rebuilt / path.relative_to(logged)
+        a, b = pd.read_parquet(path), (pd.read_parquet(other) if other.is_file() else None)
         ids = ["subject", "session", "trial", "window", "label"]
         if b is None or a.shape != b.shape or not a[ids].equals(b[ids]):
             out[key] = float("inf")

@@ -1,7 +1,7 @@
-"""Trials as model inputs: padded trial arrays, the sequences each protocol makes of them, batches
+"""Trials as model inputs: padded trial arrays, the sequences each input kind makes of them, batches
 gathered on the device, and batched inference. Training, prediction and interpretability all use it.
 
-Protocols (``cv.protocol``):
+Input kinds (``cv.input``):
 
 - ``trial``: one sequence per trial, zero-padded to the longest in the batch and masked, as the seed
   did. The number of valid windows identifies the clip, so a model can learn length.
@@ -23,25 +23,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .features import EEG_COLUMNS, EYE_COLUMNS, PROBABILITY_COLUMNS
-from .model import CrossModalTransformer
-from .seedv import N_CLASSES
+from .datasets import Spec
 
 
 @dataclass
 class Trials:
     """Every trial of a feature table as padded arrays (T trials, up to Lmax windows)."""
 
-    eeg: np.ndarray       # (T, Lmax, N_EEG) float32, zero-padded
-    eye: np.ndarray       # (T, Lmax, N_EYE) float32, zero-padded
+    eeg: np.ndarray       # (T, Lmax, widths["eeg"]) float32, zero-padded
+    eye: np.ndarray       # (T, Lmax, widths["eye"]) float32, zero-padded
     lengths: np.ndarray   # (T,) windows per trial
     labels: np.ndarray    # (T,)
     subjects: np.ndarray  # (T,)
     sessions: np.ndarray  # (T,)
-    trials: np.ndarray    # (T,) trial 0..14 within the session
+    trials: np.ndarray    # (T,) trial 0.. within the session
+    spec: Spec
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "Trials":
+    def from_frame(cls, frame: pd.DataFrame, spec: Spec) -> "Trials":
         frame = frame.sort_values(["subject", "session", "trial", "window"], kind="stable")
         keys = frame[["subject", "session", "trial"]].to_numpy()
         starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)])
@@ -49,22 +48,27 @@ class Trials:
         trial_of_row = np.repeat(np.arange(len(starts)), lengths)
         window_of_row = np.arange(len(frame)) - np.repeat(starts, lengths)
         padded = {}
-        for name, columns in (("eeg", EEG_COLUMNS), ("eye", EYE_COLUMNS)):
+        for name, columns in spec.columns.items():
             array = np.zeros((len(starts), lengths.max(), len(columns)), dtype=np.float32)
             array[trial_of_row, window_of_row] = frame[list(columns)].to_numpy(np.float32)
             padded[name] = array
         first = frame.iloc[starts]
         return cls(padded["eeg"], padded["eye"], lengths, first["label"].to_numpy(np.int64),
                    first["subject"].to_numpy(np.int64), first["session"].to_numpy(np.int64),
-                   first["trial"].to_numpy(np.int64))
+                   first["trial"].to_numpy(np.int64), spec)
+
+    def keys(self) -> np.ndarray:
+        """(T,) the trial key of each trial (:func:`pipeline.splits.trial_keys`)."""
+        from .splits import trial_keys
+        return trial_keys(self.subjects, self.sessions, self.trials)
 
 
-def sequences(lengths: np.ndarray, protocol: str, crop: int, starts: list[np.ndarray] | None = None):
+def sequences(lengths: np.ndarray, cv_input: str, crop: int, starts: list[np.ndarray] | None = None):
     """Window-index rows for a list of trials: (N, L) positions and (N,) trial numbers (0-based into
-    ``lengths``). ``starts`` gives the crop starts per trial (crop protocol); padding positions are -1."""
+    ``lengths``). ``starts`` gives the crop starts per trial (crop input); padding positions are -1."""
     rows, owners = [], []
     for i, n in enumerate(lengths):
-        if protocol == "trial":
+        if cv_input == "trial":
             rows.append(np.arange(n))
             owners.append(i)
             continue
@@ -82,9 +86,9 @@ def sliding_starts(n: int, crop: int) -> np.ndarray:
     return np.arange(max(n - crop, 0) + 1)
 
 
-def test_sequences(lengths: np.ndarray, protocol: str, crop: int):
+def test_sequences(lengths: np.ndarray, cv_input: str, crop: int):
     """The sequences a trained model is tested on: every sliding crop, or each whole trial."""
-    return sequences(lengths, protocol, crop, [sliding_starts(n, crop) for n in lengths])
+    return sequences(lengths, cv_input, crop, [sliding_starts(n, crop) for n in lengths])
 
 
 class Batcher:
@@ -96,7 +100,7 @@ class Batcher:
         self.device = device
 
     def __call__(self, positions: np.ndarray, owners: np.ndarray):
-        """(N, L) positions, (N,) owners -> eeg (N, L, N_EEG), eye (N, L, N_EYE), valid (N, L)."""
+        """(N, L) positions, (N,) owners -> eeg (N, L, F_eeg), eye (N, L, F_eye), valid (N, L)."""
         pos = torch.from_numpy(positions).to(self.device)
         own = torch.from_numpy(owners).to(self.device).unsqueeze(1)
         valid = pos >= 0
@@ -110,12 +114,12 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def run_sequences(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str, crop: int,
+def run_sequences(model: torch.nn.Module, trials: Trials, index: np.ndarray, cv_input: str, crop: int,
                   device: torch.device = torch.device("cpu"), batch_size: int = 256, details: bool = False):
     """Run the model over the test sequences of trials ``index``, in batches; yield (owners (N,) = trial
     number within ``index``, window positions (N, L), model Output)."""
     model.eval()
-    positions, owners = test_sequences(trials.lengths[index], protocol, crop)
+    positions, owners = test_sequences(trials.lengths[index], cv_input, crop)
     batch_of = Batcher(trials, index, device)
     for batch in np.array_split(np.arange(len(owners)), math.ceil(len(owners) / batch_size)):
         with autocast(device):
@@ -123,15 +127,15 @@ def run_sequences(model: CrossModalTransformer, trials: Trials, index: np.ndarra
         yield owners[batch], positions[batch], out
 
 
-def predict_windows(model: CrossModalTransformer, trials: Trials, index: np.ndarray, protocol: str, crop: int,
+def predict_windows(model: torch.nn.Module, trials: Trials, index: np.ndarray, cv_input: str, crop: int,
                     device: torch.device = torch.device("cpu")) -> pd.DataFrame:
     """Per-window class probabilities for the trials ``index``: each window gets the softmax of the mean
     log-probability over the sequences (sliding crops, or the whole trial) that contain it."""
     lengths = trials.lengths[index]
     offsets = np.r_[0, np.cumsum(lengths)[:-1]]
-    totals = np.zeros((lengths.sum(), N_CLASSES))
+    totals = np.zeros((lengths.sum(), trials.spec.n_classes))
     counts = np.zeros(lengths.sum())
-    for owners, positions, out in run_sequences(model, trials, index, protocol, crop, device):
+    for owners, positions, out in run_sequences(model, trials, index, cv_input, crop, device):
         log_probs = torch.log_softmax(out.logits.float(), dim=-1).cpu().numpy().astype(np.float64)
         rows = np.where(positions >= 0, offsets[owners][:, None] + positions, -1)
         for k in range(positions.shape[1]):
@@ -150,6 +154,6 @@ def predict_windows(model: CrossModalTransformer, trials: Trials, index: np.ndar
         "window": np.concatenate([np.arange(n) for n in lengths]).astype(np.int16),
         "label": trials.labels[index][owner].astype(np.int8),
     })
-    for c, column in enumerate(PROBABILITY_COLUMNS):
+    for c, column in enumerate(trials.spec.probability_columns):
         out[column] = probs[:, c].astype(np.float32)
     return out

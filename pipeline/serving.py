@@ -3,8 +3,8 @@
 Logged as an MLflow *model from code* (this file, the checkpoint as an artifact, the ``pipeline``
 package as code): no ``torch.export`` and no pickled module, so logging takes a fraction of a second
 and loading executes no pickle (:func:`pipeline.model.load_checkpoint` reads weights only). Input: one
-float32 batch (B, L, SERVING_WIDTH) packed as :mod:`pipeline.model` describes; output: the class
-probabilities (B, 5).
+float32 batch (B, L, serving width) packed as :class:`pipeline.models.PackedInput` describes; output: the
+class probabilities (B, C).
 """
 
 import mlflow
@@ -13,10 +13,11 @@ import numpy as np
 
 class CheckpointModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from pipeline.model import PackedInput, load_checkpoint
+        from pipeline.models import PackedInput, load_checkpoint
 
         self.checkpoint = context.artifacts["checkpoint"]     # pipeline.predict reads it directly
-        self.model = PackedInput(load_checkpoint(self.checkpoint)[0]).eval()
+        network, checkpoint = load_checkpoint(self.checkpoint)
+        self.model = PackedInput(network, checkpoint["spec"]).eval()
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:   # the signature validates
         import torch

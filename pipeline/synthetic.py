@@ -1,7 +1,10 @@
-"""A deterministic synthetic SEED-V: the embedded dataset the default pipeline runs on.
+"""A deterministic synthetic dataset: the embedded data the default pipeline runs on.
 
-It is written in the exact SEED-V layout (see :mod:`pipeline.seedv`) with the real session label orders
-and clip-dependent trial lengths, so the same code path reads it and the real data.
+One generator for every dataset of :mod:`pipeline.datasets`: it takes the dataset's facts (classes,
+session label orders, clip-dependent trial lengths, channels, eye-feature groups) from its spec and writes
+with its writer, in the exact on-disk layout, so the same code path reads it and the real data. SEED-V
+(the default) uses the real label orders and trial lengths; SEED-IV the real label orders and lengths of
+our choosing (see :mod:`pipeline.datasets.seediv`). Below, "trial t = 0..14" reads 0..23 for SEED-IV.
 
 Generative model, for subject s, session k, trial (clip) c with emotion y and n windows w = 0..n-1::
 
@@ -52,23 +55,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .seedv import (BANDS, CHANNELS, N_CLASSES, N_EYE, N_SUBJECTS, TRIAL_LABELS, TRIAL_WINDOWS, TRIALS_PER_SESSION,
-                    SubjectRecording, write_subject)
+from . import datasets
+from .datasets import SubjectRecording
 
 AR_PHI = 0.8
 EEG_NOISE = 2.4
 EYE_NOISE = 1.4
 
-# Eye feature groups in file order (33 features): name, count, typical magnitude.
-EYE_GROUPS = (
-    ("pupil_x", 6, 3.5), ("pupil_y", 6, 3.5), ("dispersion", 4, 1.5), ("fixation_duration", 2, 2.5),
-    ("blink_duration", 2, 1.2), ("saccade", 4, 1.8), ("events", 9, 2.0),
-)
-
-
-def _region_masks() -> dict[str, np.ndarray]:
+def _region_masks(channels: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Boolean masks over the 62 channels for coarse scalp regions."""
-    names = np.array(CHANNELS)
+    names = np.array(channels)
 
     def starts(*prefixes):
         return np.array([any(n.startswith(p) for p in prefixes) for n in names])
@@ -84,12 +80,12 @@ def _region_masks() -> dict[str, np.ndarray]:
     }
 
 
-def _eye_slices() -> dict[str, slice]:
+def _eye_slices(groups, width: int) -> dict[str, slice]:
     slices, start = {}, 0
-    for name, count, _ in EYE_GROUPS:
+    for name, count, _ in groups:
         slices[name] = slice(start, start + count)
         start += count
-    assert start == N_EYE
+    assert start == width
     return slices
 
 
@@ -100,55 +96,63 @@ def _smooth_spatial(rng: np.random.Generator, size: tuple[int, ...]) -> np.ndarr
     return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), -2, field)
 
 
-def _population(seed: int) -> dict:
-    """Everything shared by all subjects: baselines, class patterns and clip time courses."""
+def _population(seed: int, dataset) -> dict:
+    """Everything shared by all subjects: baselines, class patterns and clip time courses. Patterns are
+    given by emotion name; a dataset without that emotion (SEED-IV has no disgust) skips its lines."""
+    spec = dataset.SPEC
     rng = np.random.default_rng([seed])
-    regions, bands = _region_masks(), {b: i for i, b in enumerate(BANDS)}
-    n_ch, n_b = len(CHANNELS), len(BANDS)
+    regions, bands = _region_masks(spec.channels), {b: i for i, b in enumerate(spec.bands)}
+    n_ch, n_b, n_classes, n_eye = len(spec.channels), len(spec.bands), spec.n_classes, spec.eye_features
+    label = {name: c for c, name in enumerate(spec.classes)}
 
     eeg_base = np.array([18.0, 15.5, 13.5, 11.5, 9.5])[None, :] + 1.5 * _smooth_spatial(rng, (n_ch, n_b))
-    eeg_pattern = np.zeros((N_CLASSES, n_ch, n_b))
+    eeg_pattern = np.zeros((n_classes, n_ch, n_b))
 
-    def add(label, region, band_names, amount):
-        for band in band_names:
-            eeg_pattern[label, regions[region], bands[band]] += amount
+    def add(emotion, region, band_names, amount):
+        for band in band_names if emotion in label else ():
+            eeg_pattern[label[emotion], regions[region], bands[band]] += amount
 
-    add(4, "lateral_temporal", ("beta", "gamma"), 0.9)          # happy
-    add(4, "frontal", ("alpha",), -0.3)
-    add(3, "parietal", ("alpha",), 0.9)                           # neutral
-    add(3, "occipital", ("alpha",), 0.9)
-    add(2, "frontal", ("delta", "theta"), 0.7)                    # sad
-    add(2, "occipital", ("delta",), 0.6)
-    add(2, "temporal", ("gamma",), -0.7)
-    for label in (0, 1):                                          # disgust, fear: alike in EEG
-        add(label, "frontal", ("theta",), 0.6)
-        add(label, "central", ("beta",), 0.6)
-    add(1, "occipital", ("gamma",), 0.25)
-    add(0, "temporal", ("theta",), 0.25)
-    eeg_pattern += 0.25 * _smooth_spatial(rng, (N_CLASSES, n_ch, n_b))
+    add("happy", "lateral_temporal", ("beta", "gamma"), 0.9)
+    add("happy", "frontal", ("alpha",), -0.3)
+    add("neutral", "parietal", ("alpha",), 0.9)
+    add("neutral", "occipital", ("alpha",), 0.9)
+    add("sad", "frontal", ("delta", "theta"), 0.7)
+    add("sad", "occipital", ("delta",), 0.6)
+    add("sad", "temporal", ("gamma",), -0.7)
+    for emotion in ("disgust", "fear"):                           # alike in EEG
+        add(emotion, "frontal", ("theta",), 0.6)
+        add(emotion, "central", ("beta",), 0.6)
+    add("fear", "occipital", ("gamma",), 0.25)
+    add("disgust", "temporal", ("theta",), 0.25)
+    eeg_pattern += 0.25 * _smooth_spatial(rng, (n_classes, n_ch, n_b))
 
-    eye = _eye_slices()
-    eye_base = np.concatenate([np.full(count, level) for _, count, level in EYE_GROUPS])
-    eye_base = eye_base * rng.uniform(0.8, 1.2, N_EYE)
-    eye_pattern = np.zeros((N_CLASSES, N_EYE))
-    eye_pattern[1, eye["pupil_x"]] += 1.2                        # fear: pupil dilation
-    eye_pattern[1, eye["pupil_y"]] += 1.2
-    eye_pattern[1, eye["fixation_duration"]] -= 0.9
-    eye_pattern[0, eye["blink_duration"]] += 1.2                 # disgust: blinks, gaze aversion
-    eye_pattern[0, eye["dispersion"]] += 1.0
-    eye_pattern[0, eye["events"]] += 0.6
-    eye_pattern[4, eye["pupil_x"]] += 0.35                       # happy / sad / neutral: weak
-    eye_pattern[4, eye["saccade"]] += 0.35
-    eye_pattern[2, eye["fixation_duration"]] += 0.35
-    eye_pattern[2, eye["saccade"]] -= 0.3
+    eye = _eye_slices(dataset.EYE_GROUPS, n_eye)
+    eye_base = np.concatenate([np.full(count, level) for _, count, level in dataset.EYE_GROUPS])
+    eye_base = eye_base * rng.uniform(0.8, 1.2, n_eye)
+    eye_pattern = np.zeros((n_classes, n_eye))
+
+    def add_eye(emotion, group, amount):
+        if emotion in label:
+            eye_pattern[label[emotion], eye[group]] += amount
+
+    add_eye("fear", "pupil_x", 1.2)  # fear: pupil dilation
+    add_eye("fear", "pupil_y", 1.2)
+    add_eye("fear", "fixation_duration", -0.9)
+    add_eye("disgust", "blink_duration", 1.2)  # disgust: blinks, gaze aversion
+    add_eye("disgust", "dispersion", 1.0)
+    add_eye("disgust", "events", 0.6)
+    add_eye("happy", "pupil_x", 0.35)  # happy / sad / neutral: weak
+    add_eye("happy", "saccade", 0.35)
+    add_eye("sad", "fixation_duration", 0.35)
+    add_eye("sad", "saccade", -0.3)
     eye_pattern += 0.15 * rng.normal(size=eye_pattern.shape)
 
     # Per clip: one to three emotional peaks at positions in (0.15, 0.95) of the clip, widths 8-25 %.
     clip_peaks = []
-    for _ in TRIAL_WINDOWS:
+    for _ in spec.trial_windows:
         k = rng.integers(1, 4)
         clip_peaks.append((rng.uniform(0.15, 0.95, k), rng.uniform(0.08, 0.25, k), rng.uniform(0.6, 1.0, k)))
-    return dict(eeg_base=eeg_base.reshape(-1), eeg_pattern=eeg_pattern.reshape(N_CLASSES, -1),
+    return dict(eeg_base=eeg_base.reshape(-1), eeg_pattern=eeg_pattern.reshape(n_classes, -1),
                 eye_base=eye_base, eye_pattern=eye_pattern, clip_peaks=clip_peaks)
 
 
@@ -173,14 +177,14 @@ def _intensity(rng: np.random.Generator, peaks, n: int) -> np.ndarray:
     return np.clip(0.15 + curve + wobble, 0.0, None)
 
 
-def _drift_directions(seed: int, subject: int) -> dict[str, np.ndarray]:
+def _drift_directions(seed: int, subject: int, spec) -> dict[str, np.ndarray]:
     """Per modality, the (features,) direction of the within-session trend: 0.8 of a population direction
     and 0.6 of the subject's own (each unit RMS, independent, so the sum is about unit RMS too)."""
     population, own = np.random.default_rng([seed, 0, 7]), np.random.default_rng([seed, subject, 7])
-    fatigue = np.zeros((len(CHANNELS), len(BANDS)))
-    fatigue[:, [BANDS.index("theta"), BANDS.index("alpha")]] = 1.0          # fatigue raises theta/alpha
+    fatigue = np.zeros((len(spec.channels), len(spec.bands)))
+    fatigue[:, [spec.bands.index("theta"), spec.bands.index("alpha")]] = 1.0          # fatigue raises theta/alpha
     shared = {"eeg": fatigue.reshape(-1) + population.normal(size=fatigue.size),
-              "eye": population.normal(size=N_EYE)}
+              "eye": population.normal(size=spec.eye_features)}
     out = {}
     for modality, direction in shared.items():
         direction = direction / np.sqrt(np.mean(direction**2))
@@ -188,15 +192,18 @@ def _drift_directions(seed: int, subject: int) -> dict[str, np.ndarray]:
     return out
 
 
-def generate_subject(seed: int, subject: int, population: dict | None = None,
-                     drift: float = 0.0) -> SubjectRecording:
-    """One synthetic subject's 45 trials (see the module docstring for the model; ``drift``: the
-    within-session trend in noise stds over a session, 0 for none)."""
-    pop = population or _population(seed)
+def generate_subject(seed: int, subject: int, population: dict | None = None, drift: float = 0.0,
+                     dataset=None) -> SubjectRecording:
+    """One synthetic subject's trials of ``dataset`` (a module of :mod:`pipeline.datasets`; default SEED-V)
+    (see the module docstring for the model; ``drift``: the within-session trend in noise stds over a
+    session, 0 for none)."""
+    dataset = dataset or datasets.load("seed-v")
+    spec = dataset.SPEC
+    pop = population or _population(seed, dataset)
     rng = np.random.default_rng([seed, subject])
-    n_eeg, n_eye = pop["eeg_base"].size, N_EYE
+    n_eeg, n_eye = pop["eeg_base"].size, spec.eye_features
 
-    offsets = {"eeg": 1.2 * _smooth_spatial(rng, (len(CHANNELS), len(BANDS))).reshape(-1),
+    offsets = {"eeg": 1.2 * _smooth_spatial(rng, (len(spec.channels), len(spec.bands))).reshape(-1),
                "eye": 0.6 * rng.normal(size=n_eye) * pop["eye_base"] / 3}
     scales = {"eeg": rng.uniform(0.7, 1.4), "eye": rng.uniform(0.7, 1.4)}
     gains = {"eeg": rng.uniform(0.75, 1.25), "eye": rng.uniform(0.75, 1.25)}
@@ -205,15 +212,16 @@ def generate_subject(seed: int, subject: int, population: dict | None = None,
         gains["eeg"] *= 0.35      # poor EEG contact
     elif weak < 0.45:
         gains["eye"] *= 0.35      # poor eye tracking (glasses, calibration)
-    idiosyncrasy = {"eeg": 0.6 * rng.normal(size=(N_CLASSES, n_eeg)),
-                    "eye": 0.35 * rng.normal(size=(N_CLASSES, n_eye))}
-    session_drift = {"eeg": 0.5 * rng.normal(size=(3, n_eeg)), "eye": 0.25 * rng.normal(size=(3, n_eye))}
+    idiosyncrasy = {"eeg": 0.6 * rng.normal(size=(spec.n_classes, n_eeg)),
+                    "eye": 0.35 * rng.normal(size=(spec.n_classes, n_eye))}
+    session_drift = {"eeg": 0.5 * rng.normal(size=(spec.sessions, n_eeg)),
+                     "eye": 0.25 * rng.normal(size=(spec.sessions, n_eye))}
     noise = {"eeg": EEG_NOISE, "eye": EYE_NOISE}
-    directions = _drift_directions(seed, subject) if drift else None
+    directions = _drift_directions(seed, subject, spec) if drift else None
 
     eeg, eye = [], []
-    for trial, (label, n) in enumerate(zip(TRIAL_LABELS, TRIAL_WINDOWS)):
-        session = trial // TRIALS_PER_SESSION
+    for trial, (label, n) in enumerate(zip(spec.trial_labels, spec.trial_windows)):
+        session = spec.session_of(trial) - 1
         intensity = _intensity(rng, pop["clip_peaks"][trial], n)[:, None]
         for modality, out in (("eeg", eeg), ("eye", eye)):
             signal = pop[f"{modality}_pattern"][label] + idiosyncrasy[modality][label]
@@ -221,14 +229,16 @@ def generate_subject(seed: int, subject: int, population: dict | None = None,
                  + gains[modality] * intensity * signal
                  + scales[modality] * noise[modality] * _ar1(rng, n, signal.size))
             if directions is not None:
-                position = trial % TRIALS_PER_SESSION / (TRIALS_PER_SESSION - 1) - 0.5   # -0.5 .. 0.5
+                position = spec.position_of(trial) / (spec.trials_per_session - 1) - 0.5   # -0.5 .. 0.5
                 x = x + drift * scales[modality] * noise[modality] * position * directions[modality]
             out.append(x)
-    return SubjectRecording(subject, eeg, eye, list(TRIAL_LABELS))
+    return SubjectRecording(subject, eeg, eye, list(spec.trial_labels))
 
 
-def write_dataset(root: Path | str, seed: int, n_subjects: int = N_SUBJECTS, drift: float = 0.0) -> None:
-    """Write subjects 1..n_subjects in the SEED-V layout under ``root`` (``drift``: see the module docstring)."""
-    population = _population(seed)
+def write_dataset(root: Path | str, seed: int, n_subjects: int, drift: float = 0.0, dataset=None) -> None:
+    """Write subjects 1..n_subjects of ``dataset`` (default SEED-V) in its exact layout under ``root``
+    (``drift``: see the module docstring)."""
+    dataset = dataset or datasets.load("seed-v")
+    population = _population(seed, dataset)
     for subject in range(1, n_subjects + 1):
-        write_subject(root, generate_subject(seed, subject, population, drift))
+        dataset.write_subject(root, generate_subject(seed, subject, population, drift, dataset))

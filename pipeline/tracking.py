@@ -26,7 +26,8 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_VIEW = "?workflowType=machine_learning"
 ROLE_TAG = "pipeline.role"  # parent | fold | final
 BATCH = 1000                # MLflow's limit of metrics per log_batch call
-SERVING_PACKAGES = ("mlflow", "numpy", "pyyaml", "torch")   # what pipeline.serving and pipeline.model import
+SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "pyyaml", "scikit-learn", "scipy", "torch", "tqdm")   # what
+                            # pipeline.serving imports with pipeline.models (evaluate, sequences, splits)
 BOOKKEEPING_TAGS = (*PROCESS_TAGS, REQUEST_TAG)   # only on RUNNING runs (see Tracker.end)
 
 
@@ -42,14 +43,14 @@ def parent_name(params_flat: dict, commit: str) -> str:
     return os.environ.get("DVC_EXP_NAME") or run_label(commit, params_flat)
 
 
-def headline(summary: dict, synthetic: bool) -> str:
+def headline(summary: dict, split: str, dataset: str, synthetic: bool) -> str:
     """One paragraph for a run's description: the headline numbers, and what data they are on."""
     t, w = summary["trial"], summary["window"]
     text = (f"Trial accuracy {100 * t['accuracy_mean']:.1f} ± {100 * t['accuracy_std']:.1f} % (macro-F1 "
             f"{100 * t['f1_macro_mean']:.1f} %), window accuracy {100 * w['accuracy_mean']:.1f} %, over "
-            f"{summary['n_folds']} held-out subjects (leave-one-subject-out).")
+            f"{summary['n_folds']} test subjects ({dataset}, cv.split {split}).")
     if synthetic:
-        text += (" Data: the embedded synthetic SEED-V (pipeline/synthetic.py), not real recordings; these "
+        text += (f" Data: the embedded synthetic {dataset} (pipeline/synthetic.py), not real recordings; these "
                  "numbers say nothing about real EEG.")
     return text
 
@@ -199,10 +200,11 @@ class Tracker:
         from mlflow.models import infer_signature
 
         from . import serving
-        from .model import PackedInput, load_checkpoint
+        from .models import PackedInput, load_checkpoint
 
         with torch.no_grad():
-            output = PackedInput(load_checkpoint(checkpoint)[0])(torch.from_numpy(example)).numpy()
+            network, ckpt = load_checkpoint(checkpoint)
+            output = PackedInput(network, ckpt["spec"])(torch.from_numpy(example)).numpy()
         with self.mlflow.start_run(run_id=run_id, nested=True):
             return retry(self.mlflow.pyfunc.log_model, name=name, python_model=serving.__file__,
                          artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(Path(serving.__file__).parent)],

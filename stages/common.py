@@ -10,9 +10,11 @@ from pathlib import Path
 
 import psutil
 
+from pipeline import datasets
 from pipeline.errors import UserError
 from pipeline.files import bind_to
 from pipeline.params import load
+from pipeline.splits import Fold, make_folds
 
 
 @contextmanager
@@ -55,3 +57,14 @@ def params():
         if (pid := dvc_process()) is not None:
             bind_to(pid)
         return load("params.yaml")
+
+
+def spec(p):
+    """The dataset spec ``data.dataset`` names."""
+    return datasets.spec(p.data.dataset)
+
+
+def folds(p) -> list[Fold]:
+    """The folds of ``cv.split`` for ``cv.subjects`` (one UserError line when the params leave one empty)."""
+    with user_errors():
+        return make_folds(spec(p), p)

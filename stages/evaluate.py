@@ -1,4 +1,4 @@
-"""evaluate: all folds' predictions -> summary and per-subject metrics, confusion and per-subject CSVs, the
+"""evaluate: all folds' predictions -> summary and per-subject metrics (a subject's folds pooled), confusion and per-subject CSVs, the
 model's paired comparison with each baseline over the same held-out subjects, and every fold's training
 curves in one long table (one chart coloured by fold in ``dvc plots show``).
 
@@ -21,10 +21,9 @@ import json
 import pandas as pd
 
 from pipeline.comparison import compare_all, per_seed_metrics, summary_lines
-from pipeline.evaluate import evaluate, seed_summary, trial_predictions
+from pipeline.evaluate import evaluate, pool_by_subject, seed_summary, trial_predictions
 from pipeline.files import atomic_path, write_json
-from pipeline.seedv import EMOTIONS
-from stages.common import params, paths
+from stages.common import folds, params, paths, spec
 
 # What the training-curves chart shows, one panel each (the inner-validation ones only with validation).
 CURVES = {"class_loss": "training loss (per crop)", "val_loss": "inner-validation loss (per trial)",
@@ -34,15 +33,17 @@ if __name__ == "__main__":
     args = paths(__doc__, "predictions", "curves", "fold_metrics", "baselines", "metrics", "per_subject", "confusion",
                  "per_subject_csv", "curves_csv", "comparison")
     p = params()
-    predictions = pd.concat([pd.read_parquet(args.predictions / f"{s}.parquet") for s in p.cv.subjects])
+    every_fold = folds(p)
+    predictions = pd.concat([pd.read_parquet(args.predictions / f"{f.name}.parquet") for f in every_fold])
     summary, per_subject = evaluate(predictions)
-    fold_metrics = {s: json.loads((args.fold_metrics / f"{s}.json").read_text()) for s in p.cv.subjects}
-    seeds, over_seeds = seed_summary(fold_metrics)
+    pooled = pool_by_subject({f.name: json.loads((args.fold_metrics / f"{f.name}.json").read_text())
+                                    for f in every_fold}, {f.name: f.subject for f in every_fold})
+    seeds, over_seeds = seed_summary(pooled)
     write_json(args.metrics, {**summary, **({"seeds": seeds} if seeds else {})})
     write_json(args.per_subject, per_subject)
 
     trials = trial_predictions(predictions)
-    names = {c: f"{c + 1} {e}" for c, e in enumerate(EMOTIONS)}   # numbered: DVC sorts them in label order
+    names = {c: f"{c + 1} {e}" for c, e in enumerate(spec(p).classes)}   # numbered: DVC sorts them in label order
     with atomic_path(args.confusion) as tmp:
         pd.DataFrame({"actual": trials["label"].map(names), "predicted": trials["predicted"].map(names)}
                      ).to_csv(tmp, index=False)
@@ -51,7 +52,7 @@ if __name__ == "__main__":
                        "window_accuracy": m["window"]["accuracy"]} for s, m in per_subject.items()]
                      ).to_csv(tmp, index=False)
 
-    curves = pd.concat([pd.read_csv(args.curves / f"{s}.csv") for s in p.cv.subjects])
+    curves = pd.concat([pd.read_csv(args.curves / f"{f.name}.csv") for f in every_fold])
     with atomic_path(args.curves_csv) as tmp:
         curves.rename(columns=CURVES).melt(["fold", "epoch"], list(CURVES.values()), "curve", "value").dropna(
             ).to_csv(tmp, index=False)
@@ -59,7 +60,7 @@ if __name__ == "__main__":
     baselines = {name: {int(s): m for s, m in folds.items()}
                  for name, folds in json.loads(args.baselines.read_text()).items()}
     model = over_seeds or per_subject
-    comparison = compare_all(model, baselines, p.train.seed, per_seed_metrics(fold_metrics))
+    comparison = compare_all(model, baselines, p.train.seed, per_seed_metrics(pooled))
     write_json(args.comparison, comparison)
 
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "

@@ -4,10 +4,12 @@
 """
 
 from pipeline.features import normalize, read_table, write_table
-from stages.common import params, paths
+from stages.common import params, paths, spec, user_errors
 
 if __name__ == "__main__":
     args = paths(__doc__, "features", "out")
     p = params()
-    write_table(normalize(read_table(args.features), p.normalize.scope), args.out)
+    with user_errors():
+        table = read_table(args.features, spec(p))
+    write_table(normalize(table, p.normalize.scope), args.out, spec(p))
     print(f"normalized ({p.normalize.scope}) -> {args.out}")

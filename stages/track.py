@@ -7,7 +7,8 @@ One parent run per execution that changed anything: named after the DVC experime
 + changed params), with every param, the exact params.yaml, git/data/version tags, the summary and
 baseline metrics, a description, the metrics files, the figures and every fold's predictions (so that
 ``pipeline.rebuild`` can compare them). Under it one run per fold (its
-params, per-epoch curves with the epoch as the step, metrics, the model ``fold-<s>``) and one ``final``
+params, per-epoch curves with the epoch as the step, metrics, the model ``fold-<fold name>``, "/" as "-")
+and one ``final``
 run with the model trained on every subject. Nothing is registered: ``python -m pipeline.promote
 <parent run id> --reason …`` is the one way ``models:/<mlflow.experiment>@candidate`` moves.
 
@@ -21,14 +22,16 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 
 from pipeline.files import write_json
-from pipeline.model import check_trained_with, serving_example
+from pipeline.models import check_trained_with, serving_example
 from pipeline.promote import ALIAS
 from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
-from stages.common import params, paths, user_errors
+from stages.common import folds as make_folds
+from stages.common import params, paths, spec, user_errors
 
 
 def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
@@ -41,8 +44,9 @@ if __name__ == "__main__":
     args = paths(__doc__, "models", "predictions", "fold_metrics", "curves", "metrics", "final_model", "plots",
                  "record")
     p = params()
+    every_fold = make_folds(p)
     with user_errors():
-        check_trained_with(p, [args.models / str(s) / "model.pt" for s in p.cv.subjects]
+        check_trained_with(p, [args.models / f.name / "model.pt" for f in every_fold]
                            + [args.final_model / "model.pt"])
         tracker = Tracker(p.mlflow.experiment)
     def terminated(*_):
@@ -52,36 +56,37 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, terminated)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # plain log lines
     start, flat, tags = time.monotonic(), p.flat(), provenance()
-    folds = {s: json.loads((args.fold_metrics / f"{s}.json").read_text()) for s in p.cv.subjects}
-    example = serving_example(2, p.cv.crop_windows)     # batch 2: the signature is not specialized to one
+    folds = {f.name: json.loads((args.fold_metrics / f"{f.name}.json").read_text()) for f in every_fold}
+    example = serving_example(2, p.cv.crop_windows, spec(p))   # batch 2: the signature is not specialized to one
     name, runs = parent_name(flat, tags["git.commit"]), []
-    device = folds[p.cv.subjects[0]]["device"]
+    device = folds[every_fold[0].name]["device"]
     with tracker.execution(), tracker.run(name, "parent", flat, {**tags, "device": device}) as parent:
         tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
         for k, (s, fold) in enumerate(folds.items(), 1):
             with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, tags, parent=parent) as run:
                 tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv"))
                 scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
-                chosen = {f"selection/{k}": fold["selection"][k] for k in ("chosen_epoch", "input_noise",
-                                                                          "label_smoothing")}
+                chosen = {f"selection/{k}": v for k, v in fold["selection"].items() if type(v) in (int, float)}
                 tracker.log_metrics(run, {**scores, **chosen})
-                tracker.log_model(run, args.models / str(s) / "model.pt", example, name=f"fold-{s}")
+                tracker.log_model(run, args.models / s / "model.pt", example, name=f"fold-{s.replace('/', '-')}")
             runs.append(f"fold {s}")
             print(f"tracked fold {k}/{len(folds)} | elapsed {time.monotonic() - start:.0f} s", flush=True)
 
         final = json.loads((args.final_model / "final.json").read_text())
         with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]}, tags, parent=parent) as run:
-            tracker.log_metrics(run, {f"final/{k}": final[k] for k in ("epochs", "input_noise", "label_smoothing")})
+            tracker.log_metrics(run, {f"final/{k}": v for k, v in final.items() if type(v) in (int, float)})
             tracker.log_model(run, args.final_model / "model.pt", example, name="final")
         runs.append("final")
 
         summary = json.loads((args.metrics / "metrics.json").read_text())
         tracker.log_metrics(parent, pipeline_metrics(args.metrics))
-        tracker.describe(parent, headline(summary, synthetic=p.data.raw_dir == "data/raw/synthetic"))
+        tracker.describe(parent, headline(summary, p.cv.split, spec(p).name,
+                                          synthetic=p.data.raw_dir == "data/raw/synthetic"))
         tracker.log_artifacts(parent, [args.metrics / f"{f}.json" for f in ("metrics", "per_subject", "baselines",
                                                                              "comparison", "audits")], "metrics")
         tracker.log_artifacts(parent, sorted(args.plots.glob("*.png")), "plots")
-        tracker.log_artifacts(parent, sorted(args.predictions.glob("*.parquet")), "predictions")   # for rebuild
+        for path in sorted(args.predictions.rglob("*.parquet")):   # for rebuild, in the folds' folders
+            tracker.log_artifacts(parent, [path], str(Path("predictions", path.parent.relative_to(args.predictions))))
     # What was logged, without run ids or times: the same results give the same file.
     write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs})
     print(f"logged {len(runs)} runs under parent '{name}' to {tracker.uri}; in `mlflow ui`: "

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.features import FEATURE_COLUMNS, ID_COLUMNS
+from pipeline.datasets.seedv import SPEC
+from pipeline.features import ID_COLUMNS
 from pipeline.params import from_dict
-from pipeline.seedv import TRIAL_WINDOWS
 from pipeline.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,8 @@ def make_params(**sections):
     return from_dict({name: {**values, **sections.get(name, {})} for name, values in DEFAULT_PARAMS.items()})
 
 
-WINDOWS_PER_SUBJECT = sum(TRIAL_WINDOWS)                  # 1823
-TABLE_COLUMNS = len(ID_COLUMNS) + len(FEATURE_COLUMNS)     # 348
+WINDOWS_PER_SUBJECT = sum(SPEC.trial_windows)             # 1823
+TABLE_COLUMNS = len(ID_COLUMNS) + len(SPEC.feature_columns)   # 348
 SMALL_MODEL = make_params(model=dict(d_model=16, heads=2, layers=1, d_ff=32, dropout=0.1)).model
 
 
@@ -87,7 +87,7 @@ def project(tmp_path):
             self.set_params("data", subjects=[1, 2, 3])
             self.set_params("cv", subjects=[1, 2])
             self.set_params("model", d_model=16, heads=2, layers=1, d_ff=32)
-            self.set_params("train", epochs=2, crops_per_trial=1, validation_subjects=1)
+            self.set_params("train", epochs=2, crops_per_trial=1, validation=1)
             self.commit("tiny")
 
     p = Project()
@@ -104,7 +104,7 @@ def tiny_frame():
     from pipeline.features import normalize, recording_to_frame
     from pipeline.synthetic import generate_subject
 
-    frame = pd.concat([recording_to_frame(generate_subject(0, s)) for s in (1, 2, 3)], ignore_index=True)
+    frame = pd.concat([recording_to_frame(generate_subject(0, s), SPEC) for s in (1, 2, 3)], ignore_index=True)
     return normalize(frame, "subject")
 
 

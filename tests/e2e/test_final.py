@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pipeline.model import serving_example
-from pipeline.seedv import EMOTIONS
+from pipeline.datasets.seedv import EMOTIONS
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.seedv import subject_file
+from pipeline.datasets.seedv import SPEC, subject_file
+from pipeline.features import read_table, write_table
 from tests.conftest import TABLE_COLUMNS, WINDOWS_PER_SUBJECT
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,7 @@ def test_repro_metrics_and_diff(project):
     project.run("dvc", "plots", "show", "-o", "plots_page")
     page = (project.path / "plots_page/index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vega-embed@6.18.2" in page and page.count("vegaEmbed(") >= 3
-    assert "Training curves, one line per LOSO fold" in page
+    assert "Training curves, one line per fold" in page
 
     # A changed param on a branch: dvc metrics diff main shows the change.
     project.commit("results")
@@ -49,12 +50,12 @@ def test_repro_metrics_and_diff(project):
     assert "metrics/baselines.json" not in diff   # baselines do not depend on training params
 
     # Rerunning one fold on its own (the debugging entry point) gives bit-identical predictions and metrics.
-    before = (project.path / "metrics/folds/1.json").read_text()
-    predictions = pd.read_parquet(project.path / "data/predictions/1.parquet")
+    before = (project.path / "metrics/folds/subject-1.json").read_text()
+    predictions = pd.read_parquet(project.path / "data/predictions/subject-1.parquet")
     project.run("python", "-m", "stages.train", "data/processed/features.parquet", "data/models",
-                "data/predictions", "metrics/folds", "metrics/curves", "--fold", "1")
-    assert (project.path / "metrics/folds/1.json").read_text() == before
-    pd.testing.assert_frame_equal(pd.read_parquet(project.path / "data/predictions/1.parquet"), predictions,
+                "data/predictions", "metrics/folds", "metrics/curves", "--fold", "subject-1")
+    assert (project.path / "metrics/folds/subject-1.json").read_text() == before
+    pd.testing.assert_frame_equal(pd.read_parquet(project.path / "data/predictions/subject-1.parquet"), predictions,
                                   check_exact=True)
     assert "up to date" in project.run("dvc", "status").stdout
 
@@ -115,15 +116,15 @@ def test_a_failing_fold_leaves_no_outputs_and_no_running_run(project):
     import mlflow
 
     project.make_tiny()
-    project.set_params("train", validation_subjects=0, input_noise=0.3)   # fold 1 keeps subject 3 to train on
+    project.set_params("train", validation=0, input_noise=0.3)   # fold 1 keeps subject 3 to train on
     project.commit("no inner validation")
     project.run("dvc", "repro", "normalize")
     features = project.path / "data/processed/features.parquet"
-    table = pd.read_parquet(features)
-    table[table.subject != 2].to_parquet(features, index=False)       # fold 2 has nothing to test on
+    table = read_table(features, SPEC)
+    write_table(table[table.subject != 2], features, SPEC)              # fold 2 has nothing to test on
     result = project.run("dvc", "repro", "--single-item", "train", check=False)
     assert result.returncode != 0, result.stdout + result.stderr
-    assert ("error: fold 2 failed: ValueError: cv.subjects: subject 2 is not in the feature table\n"
+    assert ("error: fold subject-2 failed: ValueError: cv.subjects: subject 2 is not in the feature table\n"
             in result.stdout + result.stderr), result.stderr
     for out in ("data/models", "data/predictions", "metrics/folds", "metrics/curves"):
         assert not (project.path / out).exists(), out

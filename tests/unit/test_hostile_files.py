@@ -16,12 +16,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline import seedv
-from pipeline.seedv import subject_file
+from pipeline.datasets import seedv
+from pipeline.datasets.seedv import subject_file
 
 READ_CAPPED = """
 import resource, sys
-from pipeline.seedv import SeedVFormatError, read_subject
+from pipeline.datasets.seedv import SeedVFormatError, read_subject
 vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, vm + 2**30))
 try:

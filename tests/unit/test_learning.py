@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.evaluate import subject_metrics
-from pipeline.seedv import N_CLASSES, N_EEG, N_EYE, TRIAL_LABELS, TRIALS_PER_SESSION
+from pipeline.datasets.seedv import N_CLASSES, N_EEG, N_EYE, TRIAL_LABELS, TRIALS_PER_SESSION
 from pipeline.sequences import Trials
 from pipeline.train import train_fold
 from tests.conftest import make_params

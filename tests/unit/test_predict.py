@@ -9,7 +9,7 @@ import torch
 
 from pipeline import predict
 from pipeline.model import CrossModalTransformer, save_checkpoint
-from pipeline.seedv import EMOTIONS, N_TRIALS, subject_file
+from pipeline.datasets.seedv import EMOTIONS, N_TRIALS, subject_file
 from tests.conftest import ROOT, make_params
 
 

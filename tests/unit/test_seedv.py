@@ -4,8 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pipeline import seedv
-from pipeline.seedv import SeedVFormatError, read_subject, subject_file
+from pipeline.datasets import seedv
+from pipeline.datasets.seedv import SeedVFormatError, read_subject, subject_file
 
 
 def rewrite(path, data=None, label=None, **extra):

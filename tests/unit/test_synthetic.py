@@ -3,7 +3,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from pipeline import seedv, synthetic
+from pipeline import synthetic
+from pipeline.datasets import seedv
 from pipeline.synthetic import generate_subject, write_dataset
 
 

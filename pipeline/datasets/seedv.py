@@ -26,12 +26,12 @@ import pickle
 import re
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from . import MAX_SUBJECT, DataFormatError, Spec, SubjectRecording, impute_trial
+from . import format_error as _format_error
 
 EMOTIONS = ("disgust", "fear", "sad", "neutral", "happy")  # label 0..4
 N_CLASSES = len(EMOTIONS)
@@ -64,17 +64,26 @@ TRIAL_LABELS = tuple(label for session in SESSION_LABELS for label in session)
 TRIAL_WINDOWS = tuple(n for session in SESSION_WINDOWS for n in session)
 
 MODALITIES = {"eeg": ("EEG_DE_features", N_EEG), "eye": ("Eye_movement_features", N_EYE)}
-MAX_SUBJECT = 127   # subject numbers are 1..127: the feature table stores them as int8
+
+SPEC = Spec(
+    name="seed-v", classes=EMOTIONS, subjects=N_SUBJECTS, session_labels=SESSION_LABELS,
+    session_windows=SESSION_WINDOWS, channels=tuple(CHANNELS), bands=BANDS, eye_features=N_EYE, window_seconds=4.0,
+    block_trials=5, subject_dependent="blocks",
+    source="SEED-V ReadMe (labels per session, 4-s DE windows, 62-channel order, 33 eye features) and the "
+           "reproduced work's loader (the npz layout: pickled dicts of trials 0..44)")
+# Eye feature groups in file order (33 features): name, count, typical magnitude (the synthetic generator's).
+EYE_GROUPS = (
+    ("pupil_x", 6, 3.5), ("pupil_y", 6, 3.5), ("dispersion", 4, 1.5), ("fixation_duration", 2, 2.5),
+    ("blink_duration", 2, 1.2), ("saccade", 4, 1.8), ("events", 9, 2.0),
+)
 
 
-class SeedVFormatError(UserError, ValueError):
+class SeedVFormatError(DataFormatError):
     """A SEED-V file that cannot be used; the message is one line naming file, subject and trial."""
 
 
 def format_error(path, subject, what: str, fix: str, trial: int | None = None) -> SeedVFormatError:
-    where = f"subject {subject}" + (f", trial {trial}" if trial is not None else "")
-    what = " ".join(what.split())[:300]   # one line, however odd the names a hostile file carries
-    return SeedVFormatError(f"{path}: {where}: {what} — {fix}")
+    return _format_error(path, subject, what, fix, trial, error=SeedVFormatError)
 
 
 def subject_file(root: Path | str, modality: str, subject: int) -> Path:
@@ -345,16 +354,6 @@ def _read_npz_member(zf: zipfile.ZipFile, key: str):
 # --- reading and validation -------------------------------------------------------------------------
 
 
-@dataclass
-class SubjectRecording:
-    """One subject's 45 trials: per trial EEG (n, 310), eye (n, 33) float arrays and its label."""
-
-    subject: int
-    eeg: list[np.ndarray]
-    eye: list[np.ndarray]
-    labels: list[int]
-
-
 def _load_trial_dicts(path: Path, subject: int) -> tuple[dict, dict]:
     """The ``data`` and ``label`` dicts of one npz file, safely unpickled within the limits."""
     if path.exists() and not path.is_file():     # never opened: a pipe or a device would block or never end
@@ -512,18 +511,6 @@ def _trial_label(path, subject, trial, value, n_windows: int, memo: dict) -> int
     return int(label)
 
 
-def impute_trial(trial: np.ndarray) -> np.ndarray:
-    """Fill non-finite values of one trial (n_windows, features) by linear interpolation over windows,
-    holding the nearest valid value at the ends; a feature with no finite value in the trial gets 0."""
-    out = trial.copy()
-    positions = np.arange(len(trial))
-    for column in np.flatnonzero(~np.isfinite(trial).all(axis=0)):
-        finite = np.isfinite(trial[:, column])
-        out[:, column] = (np.interp(positions, positions[finite], trial[finite, column])
-                          if finite.any() else 0.0)
-    return out
-
-
 def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> SubjectRecording:
     """Read and validate one subject's EEG and eye files.
 
@@ -601,6 +588,24 @@ def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "e
         yield recording
 
 
+def subjects_in(data: Path) -> tuple[Path, list[int]]:
+    """(SEED-V root, subjects) for a folder or one subject's file in it."""
+    if data.is_file():
+        match = re.fullmatch(r"(\d+)_123\.npz", data.name)
+        if not match or data.parent.name not in {folder for folder, _ in MODALITIES.values()}:
+            raise DataFormatError(f"{data}: not a SEED-V subject file (<subject>_123.npz in EEG_DE_features/ or "
+                                  "Eye_movement_features/)")
+        return data.parent.parent, [int(match.group(1))]
+    if not data.is_dir():
+        raise DataFormatError(f"{data}: no such file or folder — point at a SEED-V folder or one subject's file in "
+                              "it")
+    eeg = data / MODALITIES["eeg"][0]
+    subjects = sorted(files_by_subject(eeg))
+    if not subjects:
+        raise DataFormatError(f"{data}: no SEED-V subject files in {eeg} — point at a SEED-V folder or file")
+    return data, subjects
+
+
 # --- writing ----------------------------------------------------------------------------------------
 
 
@@ -609,7 +614,7 @@ def write_subject(root: Path | str, recording: SubjectRecording) -> None:
 
     Each file is written to a temporary name in its folder, then renamed, so no half-written file remains.
     """
-    from .files import atomic_path
+    from ..files import atomic_path
 
     per_window_labels = {t: np.full(len(x), recording.labels[t], dtype=np.float64)
                          for t, x in enumerate(recording.eeg)}
