@@ -1,10 +1,11 @@
 """An ablation table: runs that differ from a reference in one setting, compared paired over subjects.
 
-    python -m pipeline.ablation REFERENCE REV [REV ...]
+    python -m pipeline.ablation REFERENCE RUN [RUN ...]
 
-Each argument is a git revision or a DVC experiment name (``dvc exp show``) whose commit holds
-``metrics/folds/<subject>.json`` (git-tracked); with ``train.seeds`` > 1 each fold holds every seed's
-metrics. Per revision and level (trial, window) it prints the accuracy averaged over seeds and subjects,
+Compares any runs of one dataset and split (refused otherwise): each argument is a git revision or a DVC
+experiment name (``dvc exp show``) whose commit holds ``metrics/folds/<fold>.json`` (git-tracked), or an
+MLflow parent run of the track stage as ``mlflow:<run id>``; with ``train.seeds`` > 1 each fold holds
+every seed's metrics. A subject's folds are pooled (its accuracy over all its test trials). Per revision and level (trial, window) it prints the accuracy averaged over seeds and subjects,
 with the sample std over seeds; then **reference minus revision** (what the switched-off component
 contributes), paired over the subjects both were tested on, each subject's accuracy averaged over its
 seeds: the mean difference with its 95 % BCa interval, the exact sign-flip permutation p, Holm-adjusted
@@ -24,7 +25,7 @@ from statsmodels.stats.multitest import multipletests
 
 from .comparison import ALPHA, LEVELS, clean, differences, paired_test, per_seed_metrics, t_interval
 from .errors import UserError
-from .evaluate import seed_summary
+from .evaluate import pool_by_subject, seed_summary
 
 Folds = dict[int, dict]   # subject -> that fold's metrics file: ``trial``/``window`` and each seed's in ``seeds``
 
@@ -92,26 +93,77 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def read_folds(rev: str) -> Folds:
-    """The fold metrics (:func:`with_seeds` form) from the git-tracked ``metrics/folds/*.json`` of a git revision or a
-    DVC experiment (its name resolved to its commit by ``dvc.api.exp_show``), in the current repository."""
+def subject_of(fold: str) -> int:
+    """The test subject of a fold name (``subject-5``, ``subject-5/block-2``)."""
+    return int(fold.split("/")[0].removeprefix("subject-"))
+
+
+def from_files(files: dict[str, str], source: str) -> tuple[Folds, dict]:
+    """Fold metrics (:func:`with_seeds` form, a subject's folds pooled: :func:`pipeline.evaluate.pool_by_subject`)
+    and params from ``{"<fold name>.json": text, ..., "params.yaml": text}``."""
+    from .params import from_dict, parse
+
+    folds = {name.removesuffix(".json"): json.loads(text) for name, text in files.items() if name.endswith(".json")}
+    if not folds or "params.yaml" not in files:
+        raise UserError(f"{source}: no fold metrics (metrics/folds/<fold>.json) and params.yaml there")
+    params = from_dict(parse(files["params.yaml"], f"{source}:params.yaml"), f"{source}:params.yaml")
+    pooled = pool_by_subject({name: with_seeds({0: fold})[0] for name, fold in folds.items()},
+                             {name: subject_of(name) for name in folds})
+    return pooled, {"dataset": params.data.dataset, "split": params.cv.split}
+
+
+def read_git(rev: str) -> tuple[Folds, dict]:
+    """A git revision's or a DVC experiment's (its name resolved to its commit by ``dvc.api.exp_show``)
+    git-tracked ``metrics/folds`` and ``params.yaml``, in the current repository."""
     import dvc.api
 
     sha = next((row["rev"] for row in dvc.api.exp_show() if row.get("Experiment") == rev and row["rev"] != "workspace"),
                rev)
-    listing = subprocess.run(["git", "ls-tree", "--name-only", f"{sha}:metrics/folds"], capture_output=True, text=True)
-    if listing.returncode != 0:
-        raise UserError(f"{rev}: no metrics/folds in that revision — give a git revision or a DVC experiment "
-                        "name from `dvc exp show`")
-    folds = {}
-    for name in listing.stdout.split():
-        if name.removesuffix(".json").isdigit():
-            text = subprocess.run(["git", "show", f"{sha}:metrics/folds/{name}"], capture_output=True, text=True,
-                                  check=True).stdout
-            folds[int(name.removesuffix(".json"))] = json.loads(text)
-    if not folds:
-        raise UserError(f"{rev}: no metrics/folds/<subject>.json in that revision")
-    return with_seeds(folds)
+    listing = subprocess.run(["git", "ls-tree", "-r", "--name-only", sha, "--", "metrics/folds", "params.yaml"],
+                             capture_output=True, text=True)
+    if listing.returncode != 0 or "metrics/folds/" not in listing.stdout:
+        raise UserError(f"{rev}: no metrics/folds in that revision — give a git revision, a DVC experiment "
+                        "name from `dvc exp show` or an MLflow parent run as mlflow:<run id>")
+    show = lambda path: subprocess.run(["git", "show", f"{sha}:{path}"], capture_output=True, text=True,  # noqa: E731
+                                       check=True).stdout
+    return from_files({path.removeprefix("metrics/folds/"): show(path) for path in listing.stdout.split()}, rev)
+
+
+def read_mlflow(run_id: str) -> tuple[Folds, dict]:
+    """An MLflow parent run's ``folds`` and ``params.yaml`` artifacts (logged by the track stage)."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            folds = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="folds", dst_path=scratch))
+            params = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="params.yaml",
+                                                              dst_path=scratch))
+        except (MlflowException, OSError) as exc:
+            raise UserError(f"mlflow:{run_id}: its folds or params.yaml cannot be downloaded "
+                            f"({type(exc).__name__}) — give a parent run id of this pipeline's track stage "
+                            "and check MLFLOW_TRACKING_URI") from None
+        files = {str(p.relative_to(folds)): p.read_text() for p in folds.rglob("*.json")}
+        return from_files({**files, "params.yaml": params.read_text()}, f"mlflow:{run_id}")
+
+
+def read_run(name: str) -> tuple[Folds, dict]:
+    return read_mlflow(name.removeprefix("mlflow:")) if name.startswith("mlflow:") else read_git(name)
+
+
+def read_all(names: list[str]) -> dict[str, Folds]:
+    """Every run's folds, after checking that all are on the reference's dataset and split (a pairing over
+    subjects means nothing across them)."""
+    runs = {name: read_run(name) for name in names}
+    reference = runs[names[0]][1]
+    for name, (_, where) in runs.items():
+        if where != reference:
+            raise UserError(f"{name}: {where['dataset']} / {where['split']}, but {names[0]} is "
+                            f"{reference['dataset']} / {reference['split']} — compare runs of one dataset and split")
+    return {name: folds for name, (folds, _) in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the table as JSON instead of markdown")
     args = parser.parse_args(argv)
     try:
-        table = ablation({rev: read_folds(rev) for rev in [args.reference, *args.revs]})
+        table = ablation(read_all([args.reference, *args.revs]))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

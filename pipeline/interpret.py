@@ -162,7 +162,7 @@ def cross_attention_figure(ex: Extraction, path: Path) -> Path:
     if not ex.attention["eeg_to_eye"]:
         return disabled_figure(path, "Cross-modal attention", "model.cross_attention is off or one modality")
     classes = ex.spec.classes
-    fig, axes = plt.subplots(2, len(classes) + 1, figsize=(3.2 * (len(classes) + 1), 6.6), constrained_layout=True)
+    fig, axes = plt.subplots(2, len(classes) + 1, figsize=(19 / 6 * (len(classes) + 1), 6.6), constrained_layout=True)
     largest = 0.0
     for row, (direction, name) in enumerate((("eeg_to_eye", "EEG queries → eye keys"),
                                              ("eye_to_eeg", "eye queries → EEG keys"))):
@@ -266,7 +266,7 @@ def feature_importance_figure(ex: Extraction, path: Path) -> Path:
     if not ex.fim["eeg"] and not ex.fim["eye"]:
         return disabled_figure(path, "Feature importance (FIM)", "model.feature_importance is off")
     classes, channels, bands = ex.spec.classes, ex.spec.channels, ex.spec.bands
-    fig = plt.figure(figsize=(3.2 * len(classes), 13), constrained_layout=True)
+    fig = plt.figure(figsize=(16 / 5 * len(classes), 13), constrained_layout=True)
     grid = fig.add_gridspec(2, len(classes), height_ratios=[4, 1])
     notes = []
     if ex.fim["eeg"]:
@@ -293,7 +293,7 @@ def feature_importance_figure(ex: Extraction, path: Path) -> Path:
         image = ax.imshow(eye - mean, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xticks(range(eye.shape[1]), [f"{i:02d}" for i in range(eye.shape[1])], fontsize=7)
-        ax.set_xlabel(f"eye feature eye_NN, file order ({ex.spec.name}'s per-index feature order is not published)")
+        ax.set_xlabel(f"eye feature eye_NN, file order ({ex.spec.name.upper()}'s per-index feature order is not published)")
         ax.set_ylabel("emotion")
         ax.set_title("Eye-feature FIM gate per emotion − mean gate")
         fig.colorbar(image, ax=ax, label="gate − mean gate")
@@ -317,7 +317,7 @@ def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str,
         bars = ax.bar(np.arange(len(subjects)) + (k - (len(series) - 1) / 2) * width, values, width,
                       label=f"{name}: {values.mean():.1%} ± {values.std(ddof=1):.1%}")
         ax.axhline(values.mean(), color=bars.patches[0].get_facecolor(), lw=1, ls="--")
-    ax.axhline(1 / n_classes, color="black", lw=0.8, ls=":", label=f"chance ({1 / n_classes:.0%})")
+    ax.axhline(1 / n_classes, color="black", lw=0.8, ls=":", label=f"chance ({100 / n_classes:.0f} %)")
     ax.set_xticks(range(len(subjects)), [str(s) for s in subjects])
     ax.set_xlabel("test subject")
     ax.set_ylabel("trial accuracy")

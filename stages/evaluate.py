@@ -1,6 +1,6 @@
-"""evaluate: all folds' predictions -> summary and per-subject metrics (a subject's folds pooled), confusion and per-subject CSVs, the
-model's paired comparison with each baseline over the same held-out subjects, and every fold's training
-curves in one long table (one chart coloured by fold in ``dvc plots show``).
+"""evaluate: all folds' predictions -> summary and per-subject metrics (a subject's folds pooled), confusion
+and per-subject CSVs, the model's paired comparison with each baseline over the same test subjects, and
+every fold's training curves in one long table (one chart coloured by fold in ``dvc plots show``).
 
     python -m stages.evaluate PREDICTIONS CURVES FOLD_METRICS BASELINES_PER_SUBJECT METRICS PER_SUBJECT
                               CONFUSION_CSV PER_SUBJECT_CSV CURVES_CSV COMPARISON
@@ -25,9 +25,10 @@ from pipeline.evaluate import evaluate, pool_by_subject, seed_summary, trial_pre
 from pipeline.files import atomic_path, write_json
 from stages.common import folds, params, paths, spec
 
-# What the training-curves chart shows, one panel each (the inner-validation ones only with validation).
+# What the training-curves chart shows, one panel each, where the model records it (the inner-validation
+# ones only with validation; the SVM has no epochs, DCCA's losses are its CCA objective).
 CURVES = {"class_loss": "training loss (per crop)", "val_loss": "inner-validation loss (per trial)",
-          "val_f1": "inner-validation macro-F1 (per trial)"}
+          "val_f1": "inner-validation macro-F1 (per trial)", "val_cca_loss": "inner-validation CCA loss (dcca)"}
 
 if __name__ == "__main__":
     args = paths(__doc__, "predictions", "curves", "fold_metrics", "baselines", "metrics", "per_subject", "confusion",
@@ -54,7 +55,8 @@ if __name__ == "__main__":
 
     curves = pd.concat([pd.read_csv(args.curves / f"{f.name}.csv") for f in every_fold])
     with atomic_path(args.curves_csv) as tmp:
-        curves.rename(columns=CURVES).melt(["fold", "epoch"], list(CURVES.values()), "curve", "value").dropna(
+        shown = {k: v for k, v in CURVES.items() if k in curves}    # what the model's training records
+        curves.rename(columns=shown).melt(["fold", "epoch"], list(shown.values()), "curve", "value").dropna(
             ).to_csv(tmp, index=False)
 
     baselines = {name: {int(s): m for s, m in folds.items()}

@@ -5,12 +5,12 @@ runs are logged reruns this stage and never retrains anything.
 
 One parent run per execution that changed anything: named after the DVC experiment (else short commit
 + changed params), with every param, the exact params.yaml, git/data/version tags, the summary and
-baseline metrics, a description, the metrics files, the figures and every fold's predictions (so that
-``pipeline.rebuild`` can compare them). Under it one run per fold (its
-params, per-epoch curves with the epoch as the step, metrics, the model ``fold-<fold name>``, "/" as "-")
-and one ``final``
-run with the model trained on every subject. Nothing is registered: ``python -m pipeline.promote
-<parent run id> --reason …`` is the one way ``models:/<mlflow.experiment>@candidate`` moves.
+baseline metrics, a description, the metrics files, the figures, every fold's predictions (so that
+``pipeline.rebuild`` can compare them) and fold metrics (``folds/``, for ``pipeline.ablation
+mlflow:<id>``). Under it one run per fold (its params, per-epoch curves with the epoch as the step,
+metrics, the model ``fold-<fold name>``, "/" as "-") and one ``final`` run with the model trained on
+every subject. Nothing is registered: ``python -m pipeline.promote <parent run id> --reason …`` is the
+one way ``models:/<mlflow.experiment>@candidate`` moves.
 
 RECORD (``data/tracked.json``) lists what was logged. DVC caches it rather than git, so a fresh clone's
 ``dvc repro`` logs into its own MLflow store. To log the same results into another store (e.g. a team
@@ -85,8 +85,10 @@ if __name__ == "__main__":
         tracker.log_artifacts(parent, [args.metrics / f"{f}.json" for f in ("metrics", "per_subject", "baselines",
                                                                              "comparison", "audits")], "metrics")
         tracker.log_artifacts(parent, sorted(args.plots.glob("*.png")), "plots")
-        for path in sorted(args.predictions.rglob("*.parquet")):   # for rebuild, in the folds' folders
-            tracker.log_artifacts(parent, [path], str(Path("predictions", path.parent.relative_to(args.predictions))))
+        for root, folder, pattern in ((args.predictions, "predictions", "*.parquet"),   # for pipeline.rebuild
+                                      (args.fold_metrics, "folds", "*.json")):          # for pipeline.ablation
+            for path in sorted(root.rglob(pattern)):                                    # in the folds' folders
+                tracker.log_artifacts(parent, [path], str(Path(folder, path.parent.relative_to(root))))
     # What was logged, without run ids or times: the same results give the same file.
     write_json(args.record, {"experiment": p.mlflow.experiment, "runs": runs})
     print(f"logged {len(runs)} runs under parent '{name}' to {tracker.uri}; in `mlflow ui`: "

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.model import serving_example
-from pipeline.datasets.seedv import EMOTIONS
+from pipeline.datasets.seedv import EMOTIONS, SPEC
+from pipeline.models import serving_example
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def test_final_model_is_registered_served_and_predicts(project, tmp_path):
                                "-h", "127.0.0.1"], cwd=project.path, env=project.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        request = serving_example(1, 12)
+        request = serving_example(1, 12, SPEC)
         request[0, :, :-1] = np.random.default_rng(0).normal(size=request.shape[2] - 1)  # one SEED-V crop
         body = json.dumps({"inputs": request.tolist()}).encode()
         deadline, answer = time.monotonic() + 120, None

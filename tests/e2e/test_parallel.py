@@ -15,7 +15,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.model import serving_example
+from pipeline.datasets.seedv import SPEC
+from pipeline.models import serving_example
 
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +68,7 @@ def assert_complete(uri, n_parents):
     for parent in parents:
         children = {r.info.run_name: r.info.status for r in runs
                     if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-        assert set(children) == {"fold 1", "fold 2", "final"}, children
+        assert set(children) == {"fold subject-1", "fold subject-2", "final"}, children
         assert set(children.values()) == {"FINISHED"} and parent.info.status == "FINISHED"
         assert "trial/accuracy_mean" in parent.data.metrics
     return parents
@@ -92,7 +93,7 @@ def test_two_queued_experiments_in_parallel(project, tmp_path):
     project.run(sys.executable, "-m", "pipeline.promote", longer.info.run_id, "--reason", "the 3-epoch one")
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/seedv-cross-modal@candidate")
-    assert np.asarray(model.predict(serving_example(1, 12))).shape == (1, 5)
+    assert np.asarray(model.predict(serving_example(1, 12, SPEC))).shape == (1, 5)
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
     for _, parent in parents.iterrows():
         children = table[table["tags.mlflow.parentRunId"] == parent.run_id]
         # Each parent is complete, whatever DVC reran (baselines do not depend on model params).
-        assert set(children["tags.mlflow.runName"]) == {"fold 1", "fold 2", "final"}
+        assert set(children["tags.mlflow.runName"]) == {"fold subject-1", "fold subject-2", "final"}
         assert (children["status"] == "FINISHED").all() and parent.status == "FINISHED"
         for key in ("git.commit", "git.dirty", "data.raw_md5", "data.processed_md5", "version.torch",
                     "version.python", "version.numpy", "version.dvc", "version.mlflow", "device"):
@@ -59,7 +59,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
     history = mlflow.MlflowClient(uri).get_metric_history(folds.iloc[0].run_id, "loss")
     assert [m.step for m in history] == [1, 2]                     # the epoch is the step (tiny: 2 epochs)
     model_ids = mlflow.search_logged_models(experiment_ids=[parents.iloc[0].experiment_id], output_format="list")
-    assert sorted(m.name for m in model_ids) == ["final", "final", "fold-1", "fold-1", "fold-2", "fold-2"]
+    assert sorted(m.name for m in model_ids) == ["final", "final", "fold-subject-1", "fold-subject-1", "fold-subject-2", "fold-subject-2"]
 
     # Rebuild the first execution exactly.
     ok = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
@@ -67,7 +67,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
     assert "rebuilt bit-identically" in ok.stdout and "trial/accuracy_mean" in ok.stdout
     # ... down to each held-out subject's metrics and each fold's window probabilities.
     assert re.search(r"^subject 2/trial/accuracy .* yes$", ok.stdout, re.M), ok.stdout
-    assert re.search(r"^predictions/1 max \|Δ probability\| +0\.0 +0\.0 +yes$", ok.stdout, re.M), ok.stdout
+    assert re.search(r"^predictions/subject-1 max \|Δ probability\| +0\.0 +0\.0 +yes$", ok.stdout, re.M), ok.stdout
 
     # Tampering with a logged metric makes it fail loudly.
     client = mlflow.MlflowClient(uri)

@@ -4,21 +4,52 @@ import pytest
 from scipy.special import expit, softmax
 from sklearn.linear_model import LogisticRegression
 
-from pipeline.baselines import (BASELINES, crop_aggregate, fold_baselines, position_probe, run_baseline,
-                                summarize_probe)
+from pipeline import baselines
+from pipeline.baselines import (BASELINES, chance, crop_aggregate, fold_baselines, length_only, logreg,
+                                logreg_columns, position_only, position_probe, summarize_probe)
+from pipeline.datasets.seedv import SPEC
 from pipeline.evaluate import subject_metrics, trial_predictions
-from pipeline.features import EEG_COLUMNS, EYE_COLUMNS, PROBABILITY_COLUMNS, normalize, recording_to_frame
+from pipeline.features import normalize, recording_to_frame
+from pipeline.splits import make_folds
 from pipeline.synthetic import generate_subject
+from tests.conftest import make_params
+
+EEG_COLUMNS, EYE_COLUMNS = SPEC.columns["eeg"], SPEC.columns["eye"]
 
 
 def probabilities(predictions: pd.DataFrame) -> np.ndarray:
-    return predictions[list(PROBABILITY_COLUMNS)].to_numpy(np.float64)
+    return predictions[list(SPEC.probability_columns)].to_numpy(np.float64)
+
+
+def loso_fold(held_out: int, subjects=(1, 2, 3)):
+    """The LOSO fold that tests ``held_out`` and trains on the other ``subjects``."""
+    (fold,) = make_folds(SPEC, make_params(data={"subjects": list(subjects)}, cv={"split": "loso",
+                                                                                   "subjects": [held_out]}))
+    assert fold.name == f"subject-{held_out}"
+    return fold
+
+
+def run_baseline(name: str, frame: pd.DataFrame, held_out: int, cv_input: str, crop_windows: int,
+                 seed: int) -> pd.DataFrame:
+    """One baseline on its own for the LOSO fold of ``held_out`` (each through its own function; crop-logreg,
+    which has none, by its own logistic-regression fit and the aggregation over the model's sequences)."""
+    fold = loso_fold(held_out)
+    if name == "length-only":
+        return length_only(frame, fold, cv_input, crop_windows, SPEC)
+    if name == "position-only":
+        return position_only(frame, fold, SPEC)
+    if name == "chance":
+        return chance(frame, fold, seed, SPEC)
+    if name == "crop-logreg":
+        model, test, x = baselines._fit_logreg(frame, fold, logreg_columns(SPEC)["both-logreg"], seed)
+        return baselines._crop_predictions(model, test, x, cv_input, crop_windows, SPEC.n_classes)
+    return logreg(frame, fold, logreg_columns(SPEC)[name], seed, SPEC)
 
 
 @pytest.fixture(scope="module")
 def drift_frame():
     """``tiny_frame``'s three subjects with a within-session drift of one noise std per session."""
-    frame = pd.concat([recording_to_frame(generate_subject(0, s, drift=1.0)) for s in (1, 2, 3)], ignore_index=True)
+    frame = pd.concat([recording_to_frame(generate_subject(0, s, drift=1.0), SPEC) for s in (1, 2, 3)], ignore_index=True)
     return normalize(frame, "subject")
 
 
@@ -77,27 +108,27 @@ def test_crop_logreg_is_both_logreg_averaged_over_the_models_sequences(tiny_fram
 
 
 def test_one_fit_serves_every_baseline(tiny_frame):
-    shared = fold_baselines(tiny_frame, 2, "crop", 12, seed=0)
+    shared = fold_baselines(tiny_frame, loso_fold(2), "crop", 12, seed=0, spec=SPEC)
     assert list(shared) == list(BASELINES)
     for name in BASELINES:
         pd.testing.assert_frame_equal(shared[name], run_baseline(name, tiny_frame, 2, "crop", 12, seed=0))
 
 
 def test_position_probe_sees_drift_and_not_labels(tiny_frame, drift_frame):
-    without = {s: position_probe(tiny_frame, s, seed=0) for s in (1, 2, 3)}
-    with_drift = {s: position_probe(drift_frame, s, seed=0) for s in (1, 2, 3)}
+    without = {s: position_probe(tiny_frame, s, seed=0, spec=SPEC) for s in (1, 2, 3)}
+    with_drift = {s: position_probe(drift_frame, s, seed=0, spec=SPEC) for s in (1, 2, 3)}
     assert all(0 <= m["accuracy"] <= 1 and m["n"] == 45 for m in [*without.values(), *with_drift.values()])
-    assert summarize_probe(without)["accuracy_mean"] < 0.5             # chance 1/3
-    assert summarize_probe(with_drift)["accuracy_mean"] > 0.7
+    assert summarize_probe(without, SPEC)["accuracy_mean"] < 0.5             # chance 1/3
+    assert summarize_probe(with_drift, SPEC)["accuracy_mean"] > 0.7
     assert min(m["accuracy"] for m in with_drift.values()) > 0.6
     # Label-free: it runs, with the same result, on a table without labels.
-    assert position_probe(drift_frame.drop(columns="label"), 1, seed=0) == with_drift[1]
+    assert position_probe(drift_frame.drop(columns="label"), 1, seed=0, spec=SPEC) == with_drift[1]
 
 
 def test_probe_summary():
-    summary = summarize_probe({1: {"accuracy": 0.4, "n": 45}, 2: {"accuracy": 0.6, "n": 45}})
+    summary = summarize_probe({1: {"accuracy": 0.4, "n": 45}, 2: {"accuracy": 0.6, "n": 45}}, SPEC)
     assert summary["chance"] == pytest.approx(1 / 3) and summary["n_folds"] == 2
     assert summary["accuracy_mean"] == pytest.approx(0.5)
     assert summary["accuracy_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))      # sample std
     assert summary["per_subject"][2] == {"accuracy": 0.6, "n": 45}
-    assert np.isnan(summarize_probe({1: {"accuracy": 0.4, "n": 45}})["accuracy_std"])
+    assert np.isnan(summarize_probe({1: {"accuracy": 0.4, "n": 45}}, SPEC)["accuracy_std"])

@@ -5,11 +5,20 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline.baselines import length_only, length_vote, run_baseline
+from pipeline.baselines import chance, length_only, length_vote, logreg, logreg_columns
 from pipeline.comparison import compare_all, paired_comparison, per_seed_metrics, summary_lines
+from pipeline.datasets.seedv import SPEC
 from pipeline.evaluate import evaluate, seed_summary, subject_metrics, summarize, trial_predictions
-from pipeline.features import PROBABILITY_COLUMNS
-from tests.conftest import WINDOWS_PER_SUBJECT
+from pipeline.splits import make_folds
+from tests.conftest import WINDOWS_PER_SUBJECT, make_params
+
+PROBABILITY_COLUMNS = SPEC.probability_columns
+
+
+def loso_fold(held_out: int):
+    """``tiny_frame``'s LOSO fold that tests ``held_out`` (subjects 1-3)."""
+    (fold,) = make_folds(SPEC, make_params(data={"subjects": [1, 2, 3]}, cv={"split": "loso", "subjects": [held_out]}))
+    return fold
 
 
 def predictions(rows):
@@ -59,22 +68,24 @@ def test_std_convention_is_sample():
 def test_length_vote_ties_and_misses():
     lengths = np.array([10, 10, 12, 12, 20])
     labels = np.array([1, 2, 2, 3, 4])
-    assert length_vote(lengths, labels, 20) == 4
-    assert length_vote(lengths, labels, 10) == 2      # tie 1 vs 2 broken by the nearest length (12: 2, 3)
-    assert length_vote(lengths, labels, 19) == 4      # miss: nearest length
-    assert length_vote(np.array([5, 5]), np.array([3, 1]), 5) == 1   # unbreakable tie: lowest label
+    assert length_vote(lengths, labels, 20, 5) == 4
+    assert length_vote(lengths, labels, 10, 5) == 2      # tie 1 vs 2 broken by the nearest length (12: 2, 3)
+    assert length_vote(lengths, labels, 19, 5) == 4      # miss: nearest length
+    assert length_vote(np.array([5, 5]), np.array([3, 1]), 5, 5) == 1   # unbreakable tie: lowest label
 
 
 def test_length_only_on_synthetic(tiny_frame):
-    trial = subject_metrics(length_only(tiny_frame, 1, "trial", 12))["trial"]["accuracy"]
-    crop = subject_metrics(length_only(tiny_frame, 1, "crop", 12))["trial"]["accuracy"]
+    trial = subject_metrics(length_only(tiny_frame, loso_fold(1), "trial", 12, SPEC))["trial"]["accuracy"]
+    crop = subject_metrics(length_only(tiny_frame, loso_fold(1), "crop", 12, SPEC))["trial"]["accuracy"]
     assert trial > 0.7          # length identifies the clip (up to clips of equal length)
     assert crop == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("name", ["eeg-logreg", "chance"])
 def test_other_baselines_give_probabilities(tiny_frame, name):
-    p = run_baseline(name, tiny_frame, 1, "crop", 12, seed=0)
+    fold = loso_fold(1)
+    p = (logreg(tiny_frame, fold, logreg_columns(SPEC)[name], 0, SPEC) if name == "eeg-logreg"
+         else chance(tiny_frame, fold, 0, SPEC))
     assert len(p) == WINDOWS_PER_SUBJECT and np.allclose(p[list(PROBABILITY_COLUMNS)].sum(axis=1), 1, atol=1e-5)
 
 

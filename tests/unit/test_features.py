@@ -3,15 +3,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.features import (EEG_COLUMNS, EYE_COLUMNS, FEATURE_COLUMNS, ID_COLUMNS, normalize, read_table,
-                               recording_to_frame, write_table)
+from pipeline.datasets.seedv import SPEC
+from pipeline.features import ID_COLUMNS, normalize, read_table, recording_to_frame, write_table
 from pipeline.synthetic import generate_subject
 from tests.conftest import TABLE_COLUMNS, WINDOWS_PER_SUBJECT
+
+EEG_COLUMNS, EYE_COLUMNS, FEATURE_COLUMNS = SPEC.columns["eeg"], SPEC.columns["eye"], SPEC.feature_columns
 
 
 @pytest.fixture(scope="module")
 def frame():
-    return pd.concat([recording_to_frame(generate_subject(0, s)) for s in (1, 2)], ignore_index=True)
+    return pd.concat([recording_to_frame(generate_subject(0, s), SPEC) for s in (1, 2)], ignore_index=True)
 
 
 def test_columns_and_ids(frame, tmp_path):
@@ -24,11 +26,11 @@ def test_columns_and_ids(frame, tmp_path):
     assert sorted(s1.session.unique()) == [1, 2, 3] and s1.trial.max() == 14
     first = s1[(s1.session == 2) & (s1.trial == 0)]
     assert len(first) == 59 and list(first.window) == list(range(59)) and set(first.label) == {2}
-    write_table(frame, tmp_path / "f.parquet")
+    write_table(frame, tmp_path / "f.parquet", SPEC)
     schema = pq.read_schema(tmp_path / "f.parquet")
     assert str(schema.field("subject").type) == "int8" and str(schema.field("window").type) == "int16"
     assert str(schema.field("eye_00").type) == "float"
-    pd.testing.assert_frame_equal(read_table(tmp_path / "f.parquet"), frame)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "f.parquet", SPEC), frame)
     assert not list(tmp_path.glob(".*tmp"))
 
 

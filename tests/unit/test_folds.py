@@ -11,29 +11,42 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.datasets.seedv import SPEC
+from pipeline.errors import UserError
 from pipeline.evaluate import seed_summary
+from pipeline.features import write_table
 from pipeline.folds import FoldFailed, run_folds, train_one
 from pipeline.sequences import Trials
+from pipeline.splits import make_folds
 from tests.conftest import make_params
 
-FOLDS = [1, 2, 3]
+FOLDS = [1, 2, 3]   # the test subjects: one LOSO fold each (subject-1, subject-2, subject-3)
+FIELDS = ("eeg", "eye", "lengths", "labels", "subjects", "sessions", "trials")
 
 
 @pytest.fixture(scope="module")
 def trials(tiny_frame):
-    return Trials.from_frame(tiny_frame)
+    return Trials.from_frame(tiny_frame, SPEC)
 
 
-def tiny(**train):
-    return make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": FOLDS},
+def tiny(subjects=(1, 2, 3), **train):
+    return make_params(data={"subjects": list(subjects)}, cv={"split": "loso", "subjects": FOLDS[:len(subjects)]},
                        model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                       train={"epochs": 2, "batch_size": 16, "device": "cpu", "validation_subjects": 1,
+                       train={"epochs": 2, "batch_size": 16, "device": "cpu", "validation": 1,
                               "input_noise": 0.3, **train})
+
+
+def fold(params, subject):
+    """The LOSO fold of ``params`` that tests ``subject``."""
+    (chosen,) = [f for f in make_folds(SPEC, params) if f.subject == subject]
+    assert chosen.name == f"subject-{subject}"
+    return chosen
 
 
 def parallel(trials, params, folds=FOLDS):
     outputs = {}
-    run_folds(trials, params, folds, lambda output, done: outputs.update({output.held_out: output}))
+    run_folds(trials, params, [fold(params, s) for s in folds],
+              lambda output, done: outputs.update({output.fold.subject: output}))
     return outputs
 
 
@@ -49,7 +62,7 @@ def test_parallel_equals_one_at_a_time(ray_session, trials):
     together = parallel(trials, params)
     assert set(together) == set(FOLDS)
     for s in FOLDS:
-        assert_same(together[s], train_one(trials, s, params))       # in this process, no Ray
+        assert_same(together[s], train_one(trials, fold(params, s), params))       # in this process, no Ray
     alone = parallel(trials, params, folds=[2])                             # nothing beside it
     assert_same(alone[2], together[2])
 
@@ -90,32 +103,32 @@ def test_a_worker_killed_mid_fold_is_retried_with_the_same_result(ray_session, t
 
 
 def test_a_failing_fold_stops_the_study_with_one_line(ray_session, trials):
-    without_3 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in
-                         ("eeg", "eye", "lengths", "labels", "subjects", "sessions", "trials")))
-    with pytest.raises(FoldFailed, match=r"^fold 3 failed: ValueError: cv.subjects: subject 3 is not in the "
-                                         r"feature table$") as info:
+    without_3 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in FIELDS), SPEC)
+    with pytest.raises(FoldFailed, match=r"^fold subject-3 failed: ValueError: cv.subjects: subject 3 is not in "
+                                         r"the feature table$") as info:
         parallel(without_3, tiny(), folds=[3, 1, 2])
     assert "\n" not in str(info.value)
 
 
 def test_an_inner_split_that_leaves_nothing_to_train_on_is_named(trials):
-    only_1_and_2 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in
-                            ("eeg", "eye", "lengths", "labels", "subjects", "sessions", "trials")))
-    with pytest.raises(ValueError, match=r"^train.validation_subjects: 1 inner-validation subjects leave no subject "
-                                         r"to train fold 1 on \(the table has 1 besides it\)$"):
-        train_one(only_1_and_2, 1, tiny())
+    only_1_and_2 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in FIELDS), SPEC)
+    params = tiny(subjects=(1, 2))     # fold subject-1 has one training subject, and validation takes it
+    with pytest.raises(UserError, match=r"^train.validation: 1 inner-validation subjects leave no subject "
+                                        r"to train fold subject-1 on \(1 training subjects\); lower it$"):
+        train_one(only_1_and_2, fold(params, 1), params)
 
 
 def test_each_extra_seed_is_the_run_with_that_seed(ray_session, trials):
     """train.seeds = 2: every fold trained with train.seed and train.seed + 1, each exactly what a one-seed
     run with that train.seed gives; seed_summary reports their mean and spread."""
     outputs = {}
-    run_folds(trials, tiny(seed=5, seeds=2), FOLDS,
-              lambda output, done: outputs.update({(output.held_out, output.seed): output}))
+    params = tiny(seed=5, seeds=2)
+    run_folds(trials, params, [fold(params, s) for s in FOLDS],
+              lambda output, done: outputs.update({(output.fold.subject, output.seed): output}))
     assert set(outputs) == {(s, seed) for s in FOLDS for seed in (5, 6)}
     for s in FOLDS:
-        assert_same(outputs[s, 5], train_one(trials, s, tiny(seed=5)))
-        assert_same(outputs[s, 6], train_one(trials, s, tiny(seed=6)))
+        assert_same(outputs[s, 5], train_one(trials, fold(tiny(seed=5), s), tiny(seed=5)))
+        assert_same(outputs[s, 6], train_one(trials, fold(tiny(seed=6), s), tiny(seed=6)))
     folds = {s: {"seeds": {str(seed): outputs[s, seed].metrics for seed in (5, 6)}} for s in FOLDS}
     seeds, averaged = seed_summary(folds)
     per_seed = [np.mean([outputs[s, seed].metrics["trial"]["accuracy"] for s in FOLDS]) for seed in (5, 6)]
@@ -143,7 +156,7 @@ def test_an_unreachable_ray_address_fails_the_stage_in_one_line(tmp_path, tiny_f
 
     root = Path(__file__).resolve().parents[2]
     (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
-    tiny_frame.to_parquet(tmp_path / "features.parquet")
+    write_table(tiny_frame, tmp_path / "features.parquet", SPEC)
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "stages.train", "features.parquet", "m", "p", "f", "c"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,

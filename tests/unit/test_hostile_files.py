@@ -18,6 +18,7 @@ import pytest
 
 from pipeline.datasets import seedv
 from pipeline.datasets.seedv import subject_file
+from tests.conftest import ROOT
 
 READ_CAPPED = """
 import resource, sys
@@ -37,7 +38,7 @@ print(f"read fine, peak rss {peak} KiB")
 def read_capped(dataset, subject=1, timeout=60):
     """Read ``subject`` in a memory-capped child; return (exit code, stdout, stderr)."""
     result = subprocess.run([sys.executable, "-c", READ_CAPPED, str(dataset), str(subject)],
-                            capture_output=True, text=True, timeout=timeout, cwd=seedv.__file__.rsplit("/", 2)[0])
+                            capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     return result.returncode, result.stdout.strip(), result.stderr.strip()
 
 
