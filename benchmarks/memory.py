@@ -24,7 +24,7 @@ CONFIGS = [
     (4096, dict(d_model=64, d_ff=128), dict(crop_windows=12)),
     (8192, dict(d_model=64, d_ff=128), dict(crop_windows=12)),
     (1024, dict(d_model=256, d_ff=1024), dict(crop_windows=12)),
-    (256, dict(d_model=64, d_ff=128), dict(protocol="trial")),
+    (256, dict(d_model=64, d_ff=128), dict(input="trial")),
     (64, dict(d_model=512, heads=8, layers=4, d_ff=2048), dict(crop_windows=12)),   # the original's size
 ]
 QUICK = [(64, dict(d_model=16, heads=2, layers=1, d_ff=32), dict(crop_windows=4))]
@@ -34,16 +34,16 @@ def measure(batch: int, model: dict, cv: dict) -> tuple[int, int]:
     """(estimated bytes, measured peak bytes) of one training step."""
     import torch
 
-    from pipeline.model import CrossModalTransformer
+    from pipeline.datasets.seedv import N_EEG, N_EYE, SPEC, TRIAL_WINDOWS
+    from pipeline.models.transformer import CrossModalTransformer
     from pipeline.params import training_bytes
-    from pipeline.seedv import N_EEG, N_EYE, TRIAL_WINDOWS
     from tests.conftest import make_params
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     params = make_params(model=model, cv=cv, train={"batch_size": batch})
-    length = params.cv.crop_windows if params.cv.protocol == "crop" else max(TRIAL_WINDOWS)
-    net = CrossModalTransformer(params.model, n_subjects=14).train()
+    length = params.cv.crop_windows if params.cv.input == "crop" else max(TRIAL_WINDOWS)
+    net = CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, n_domains=14).train()
     optimizer = torch.optim.AdamW(net.parameters())
     eeg, eye = torch.randn(batch, length, N_EEG), torch.randn(batch, length, N_EYE)
     valid = torch.ones(batch, length, dtype=torch.bool)

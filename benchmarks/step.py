@@ -1,5 +1,5 @@
 """Time the training step two ways, in one run on one machine: a straightforward reference loop, and the
-project's path (``pipeline.train.train_step`` on batches gathered on the device).
+project's path (``pipeline.models.transformer.train_step`` on batches gathered on the device).
 
     python benchmarks/step.py                            # the default config and the original's size
     python benchmarks/step.py --steps 5 --original-steps 1 --subjects 2 --repeats 1   # a quick look
@@ -12,7 +12,7 @@ project's path (``pipeline.train.train_step`` on batches gathered on the device)
     autocast on CUDA.
 
 Both use the same model code, the same initial weights (same seed), the same batches in the same order
-(drawn as ``pipeline.train.fit`` draws them) and the same number of optimizer steps. Each (config, path)
+(drawn as ``pipeline.models.transformer.fit`` draws them) and the same number of optimizer steps. Each (config, path)
 runs in its own fresh process, so peak memory is its own (CPU: peak RSS; CUDA: peak allocated), ``--repeats``
 times, alternating (a) and (b): on a shared machine one pair of runs can differ by ±30 % from the next.
 Prints the median steps/s, windows/s and step time (with min-max), peak memory, the ratio of the medians
@@ -40,10 +40,10 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4":
 
 
 def batches(trials, params, n_steps: int, seed: int = 0):
-    """The first ``n_steps`` (positions, owners) batches of training, drawn as pipeline.train.fit draws them."""
+    """The first ``n_steps`` (positions, owners) batches of training, drawn as the transformer's fit draws them."""
     import numpy as np
 
-    from pipeline.train import epoch_batches, steps_per_epoch
+    from pipeline.models.transformer import epoch_batches, steps_per_epoch
 
     rng, per_epoch, out = np.random.default_rng(seed), steps_per_epoch(len(trials.lengths), params), []
     while len(out) < n_steps:
@@ -55,7 +55,7 @@ def batches(trials, params, n_steps: int, seed: int = 0):
 def random_trials(n_subjects: int):
     import numpy as np
 
-    from pipeline.seedv import N_CLASSES, N_EEG, N_EYE, TRIAL_WINDOWS
+    from pipeline.datasets.seedv import N_CLASSES, N_EEG, N_EYE, SPEC, TRIAL_WINDOWS
     from pipeline.sequences import Trials
 
     rng = np.random.default_rng(0)
@@ -66,8 +66,9 @@ def random_trials(n_subjects: int):
     eye = (rng.standard_normal((t, longest, N_EYE), dtype=np.float32) * valid[..., None]).astype(np.float32)
     subjects = np.repeat(np.arange(1, n_subjects + 1), len(TRIAL_WINDOWS))
     per_subject = np.arange(len(TRIAL_WINDOWS))
-    return Trials(eeg, eye, lengths, rng.integers(0, N_CLASSES, t), subjects, np.tile(per_subject // 15, n_subjects),
-                  np.tile(per_subject % 15, n_subjects))
+    sessions = np.tile(per_subject // SPEC.trials_per_session + 1, n_subjects)   # 1.., as in a feature table
+    return Trials(eeg, eye, lengths, rng.integers(0, N_CLASSES, t), subjects, sessions,
+                  np.tile(per_subject % SPEC.trials_per_session, n_subjects), SPEC)
 
 
 def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warmup: int, threads: int,
@@ -78,24 +79,25 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
     from torch import nn
     from torch.utils.data import DataLoader, Dataset
 
-    from pipeline.model import CrossModalTransformer, grl_alpha
+    from pipeline.datasets.seedv import SPEC
+    from pipeline.models import resolve_device
+    from pipeline.models.transformer import CrossModalTransformer, candidates, grl_alpha, train_step
     from pipeline.params import load
     from pipeline.sequences import Batcher
-    from pipeline.train import candidates, resolve_device, train_step
 
     torch.set_num_threads(threads)
     params = load(ROOT / "params.yaml")
     params = dataclasses.replace(params, model=dataclasses.replace(params.model, **model_overrides))
     device = resolve_device(device_name)
     tp, crop = params.train, params.cv.crop_windows
-    candidate = candidates(tp)[-1]   # the last candidate setting (by default the regularized one: noise draws)
+    candidate = candidates(params)[-1]   # the last candidate setting (by default the regularized one: noise draws)
     trials = random_trials(n_subjects)
     stream = batches(trials, params, warmup + steps)
     labels_all = torch.from_numpy(trials.labels)
     domains_all = torch.from_numpy(trials.subjects - 1)
 
     torch.manual_seed(0)
-    model = CrossModalTransformer(params.model, n_subjects=n_subjects).to(device).train()
+    model = CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, n_subjects).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=warmup + steps)
     if device.type == "cuda":

@@ -280,12 +280,34 @@ def _unknown_key(section: str, key: str, names: set[str]) -> str:
     return f"{section}.{key if key.isidentifier() else _shown(key)}: unknown key ({hint})"
 
 
+ALL = "all"   # data.subjects, cv.subjects, synthetic.subjects: every subject of data.dataset
+ALL_KEYS = (("data", "subjects"), ("cv", "subjects"), ("synthetic", "subjects"))
+
+
+def every_subject(raw: dict) -> dict:
+    """``raw`` with ``all`` in the subject keys replaced by every subject of ``data.dataset`` (a list; the
+    count for ``synthetic.subjects``; for ``cv.subjects`` every subject of ``data.subjects``), so that ``-S data.dataset=seed-iv`` needs no other change. An
+    unknown dataset is left for its own check to name."""
+    data = raw.get("data")
+    if not (isinstance(data, dict) and data.get("dataset") in DATASETS):
+        return raw
+    n = datasets.spec(data["dataset"]).subjects
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for section, key in ALL_KEYS:   # data first: cv's "all" is every subject of data.subjects
+        if isinstance(out.get(section), dict) and out[section].get(key) == ALL:
+            out[section][key] = (n if section == "synthetic" else list(out["data"]["subjects"])
+                                 if section == "cv" and isinstance(out["data"].get("subjects"), list)
+                                 else list(range(1, n + 1)))
+    return out
+
+
 def from_dict(raw, source: str = "params.yaml") -> Params:
     """Typed params from a complete mapping (as in ``params.yaml``); a ParamsError names the bad key."""
     try:
         _check(isinstance(raw, dict), "should be a mapping of sections (data, model, train, ...)")
         unknown = sorted(map(str, set(raw) - {f.name for f in fields(Params)}))
         _check(not unknown, f"{_shown(unknown[0]) if unknown else ''}: unknown section")
+        raw = every_subject(raw)
         sections = {}
         for section in fields(Params):
             cls = typing.get_type_hints(Params)[section.name]

@@ -101,21 +101,26 @@ def loso(spec: Spec, p: Params) -> list[Fold]:
                   p.cv.subjects, "subject")
 
 
+def _name_of(table, part: str, code: int):
+    """Names folds ``subject-<s>/<part>-<n>`` (part: block or session, both numbered from 1) and seeds
+    them with the key (s, code, n): a code per split, so two splits never share a stream."""
+    def name_of(test):
+        s, n = int(table["subject"][test[0]]), int(table[part][test[0]]) + (part == "block")
+        return f"subject-{s}/{part}-{n}", (s, code, n)
+    return name_of
+
+
 def subject_dependent(spec: Spec, p: Params) -> list[Fold]:
     table = _trial_table(spec, p.data.subjects)
     subject, session, block = table["subject"], table["session"], table["block"]
     if spec.subject_dependent == "blocks":      # fold b: block b of every session
         return _folds(table, subject * 1000 + block,
                       lambda test: (subject == subject[test[0]]) & (block != block[test[0]]),
-                      lambda test: (f"subject-{subject[test[0]]}/block-{block[test[0]] + 1}",
-                                    (int(subject[test[0]]), 1, int(block[test[0]]) + 1)),
-                      p.cv.subjects, "trial")
+                      _name_of(table, "block", 1), p.cv.subjects, "trial")
     last = block == spec.blocks - 1              # "last-block": per session, the last block is the test part
     return _folds(table, np.where(last, subject * 1000 + session, -1),
                   lambda test: (subject == subject[test[0]]) & (session == session[test[0]]) & ~last,
-                  lambda test: (f"subject-{subject[test[0]]}/session-{session[test[0]]}",
-                                (int(subject[test[0]]), 1, int(session[test[0]]))),
-                  p.cv.subjects, "trial")
+                  _name_of(table, "session", 1), p.cv.subjects, "trial")
 
 
 def cross_session(spec: Spec, p: Params) -> list[Fold]:
@@ -123,9 +128,7 @@ def cross_session(spec: Spec, p: Params) -> list[Fold]:
     subject, session = table["subject"], table["session"]
     return _folds(table, subject * 1000 + session,
                   lambda test: (subject == subject[test[0]]) & (session != session[test[0]]),
-                  lambda test: (f"subject-{subject[test[0]]}/session-{session[test[0]]}",
-                                (int(subject[test[0]]), 2, int(session[test[0]]))),
-                  p.cv.subjects, "trial")
+                  _name_of(table, "session", 2), p.cv.subjects, "trial")
 
 
 def loso_unseen_clips(spec: Spec, p: Params) -> list[Fold]:
@@ -133,9 +136,7 @@ def loso_unseen_clips(spec: Spec, p: Params) -> list[Fold]:
     subject, block = table["subject"], table["block"]
     return _folds(table, subject * 1000 + block,
                   lambda test: (subject != subject[test[0]]) & (block != block[test[0]]),
-                  lambda test: (f"subject-{subject[test[0]]}/block-{block[test[0]] + 1}",
-                                (int(subject[test[0]]), 3, int(block[test[0]]) + 1)),
-                  p.cv.subjects, "subject")
+                  _name_of(table, "block", 3), p.cv.subjects, "subject")
 
 
 SPLITS = {"loso": loso, "subject-dependent": subject_dependent, "cross-session": cross_session,

@@ -85,10 +85,11 @@ EYE_GROUPS = tuple((name, count, _SEEDV_EYE[name]) for name, count in (
     ("pupil_x", 6), ("pupil_y", 6), ("dispersion", 4), ("fixation_duration", 2), ("blink_duration", 2),
     ("saccade", 4), ("events", 7)))
 
-# modality -> (folder, variable name of trial t = 1..24, shape of one variable given W)
+# modality -> (folder, variable name of trial t = 1..24, shape of one variable with None for W, dimension names)
 MODALITIES = {
-    "eeg": ("eeg_feature_smooth", "de_LDS{}", lambda w: (len(seedv.CHANNELS), w, len(seedv.BANDS))),
-    "eye": ("eye_feature_smooth", "eye_{}", lambda w: (N_EYE, w)),
+    "eeg": ("eeg_feature_smooth", "de_LDS{}", (len(seedv.CHANNELS), None, len(seedv.BANDS)),
+            ("channels", "windows", "bands")),
+    "eye": ("eye_feature_smooth", "eye_{}", (N_EYE, None), ("eye features", "windows")),
 }
 
 # Limits on what one file may make the reader hold, each checked before the memory it bounds is taken.
@@ -190,10 +191,10 @@ def _read_file(path: Path, subject: int, session: int) -> tuple[bytes, str]:
         if not stat.S_ISREG(info.st_mode):
             raise error("not a regular file (a directory, pipe or device)", "put the subject's .mat file here")
         head = fh.read(2056)
-        if (_HDF5_SIGNATURE in {head[o:o + 8] for o in (0, 512, 1024, 2048)}
-                or b"MATLAB 7.3 MAT-file" in head[:128] or head[124:126] in (b"\x00\x02", b"\x02\x00")):
+        if (_HDF5_SIGNATURE in {head[o:o + 8] for o in (0, 512, 1024, 2048)} or b"MATLAB 7.3 MAT-file" in head[:128]
+                or head[124:128] in (b"\x00\x02IM", b"\x02\x00MI")):   # version 2: v7.3
             raise error("a MATLAB v7.3 (HDF5) MAT-file, which this reader does not open",
-                        "re-save it as v7 in MATLAB (save(file, vars{:}, '-v7')) or with scipy.io.savemat")
+                        "re-save it as v7: load it in MATLAB and save it with save -v7 (or write it with scipy.io.savemat)")
         if info.st_size > MAX_FILE_BYTES:
             raise error(f"file of {info.st_size} bytes is over MAX_FILE_BYTES = {MAX_FILE_BYTES}",
                         "a SEED-IV feature file is a few tens of MB; check that this is the right file")
@@ -301,7 +302,7 @@ class _File:
 
     def _check_listing(self, listing, elements) -> None:
         """Names, classes and shapes of the 24 variables, from whosmat alone; sets ``variables``."""
-        folder, key, shape_of = MODALITIES[self.modality]
+        folder, key, template, dimensions = MODALITIES[self.modality]
         by_name = {}
         for (name, shape, cls), (kind, payload) in zip(listing, elements):
             if name in by_name and name in self.keys:
@@ -314,7 +315,8 @@ class _File:
             raise self.error(f"variable {extra[0]} beyond the {TRIALS_PER_SESSION} trials of a session",
                              f"a SEED-IV session has {prefix}1..{prefix}{TRIALS_PER_SESSION}; is this a SEED-IV "
                              "file?")
-        expected = " x ".join(map(str, shape_of("W")))
+        expected = "(" + ", ".join("W" if n is None else str(n) for n in template) + ")"
+        expected += " (" + " x ".join(dimensions) + ")"
         self.variables, total = [], 0
         for trial, name in enumerate(self.keys, 1):
             if name not in by_name:
@@ -327,10 +329,13 @@ class _File:
                 what = "logical (true/false)" if cls == "logical" else cls
                 raise self.error(f"a MATLAB {what} variable, not a numeric array",
                                  f"store a numeric {expected} array (double)", trial)
-            if len(shape) != len(shape_of(0)) or shape[0] != shape_of(0)[0] or shape[2:] != shape_of(0)[2:]:
-                unit = {"eeg": "62 channels x windows x 5 bands", "eye": "31 features x windows"}[self.modality]
-                raise self.error(f"shape {shape}, expected {shape_of('W')} ({unit})",
+            if len(shape) != len(template):
+                raise self.error(f"shape {shape} has {len(shape)} dimensions, expected {expected}",
                                  "is this the right modality folder? fix or regenerate the file", trial)
+            for n, want, dimension in zip(shape, template, dimensions):
+                if want is not None and n != want:
+                    raise self.error(f"{n} {dimension} (shape {shape}), expected {want}: {expected}",
+                                     "is this the right modality folder? fix or regenerate the file", trial)
             if shape[1] == 0:
                 raise self.error("empty trial (0 windows)", "fix or regenerate the file", trial)
             if shape[1] > MAX_WINDOWS_PER_TRIAL:
@@ -448,9 +453,10 @@ def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "e
 
 
 def write_subject(root: Path | str, recording: SubjectRecording) -> None:
-    """Write one subject in the exact SEED-IV layout: per session an EEG file with ``de_LDS1..24`` (and
-    ``de_movingAve1..24``, the same arrays, as the real files carry more than one feature kind) of shape
-    (62, W, 5) and an eye file with ``eye_1..24`` of shape (31, W), float64, MATLAB v7 (compressed v5).
+    """Write one subject in the exact SEED-IV layout: per session an EEG file with ``de_LDS1..24`` of shape
+    (62, W, 5) and an eye file with ``eye_1..24`` of shape (31, W), float64, MATLAB v7 (compressed v5). The
+    real EEG files also hold de_movingAve*, psd_movingAve* and psd_LDS*; the reader skips them, so they are
+    not written (they would triple the synthetic data for nothing).
 
     Each file is written to a temporary name in its folder, then renamed, so no half-written file remains.
     """
@@ -465,7 +471,7 @@ def write_subject(root: Path | str, recording: SubjectRecording) -> None:
         for t in range(1, TRIALS_PER_SESSION + 1):
             x = np.asarray(recording.eeg[first + t - 1], dtype=np.float64)
             de = x.reshape(len(x), n_channels, n_bands).transpose(1, 0, 2)   # (W, 310) -> (62, W, 5)
-            eeg[f"de_movingAve{t}"] = eeg[f"de_LDS{t}"] = de
+            eeg[f"de_LDS{t}"] = de
             eye[f"eye_{t}"] = np.asarray(recording.eye[first + t - 1], dtype=np.float64).reshape(len(x), N_EYE).T
         for modality, variables in (("eeg", eeg), ("eye", eye)):
             path = subject_file(root, modality, recording.subject, session)
@@ -477,12 +483,12 @@ def subjects_in(path: Path | str) -> tuple[Path, list[int]]:
     """(SEED-IV root, subjects) for a SEED-IV folder (the subjects of ``eeg_feature_smooth/1``) or for one
     subject's file in it (``.../eeg_feature_smooth/2/3_20160102.mat``)."""
     path = Path(path)
-    folders = {folder for folder, _, _ in MODALITIES.values()}
+    folders = {folder for folder, *_ in MODALITIES.values()}
     if path.is_file():
         match = NAME.fullmatch(path.name)
         if not match or path.parent.name not in {"1", "2", "3"} or path.parent.parent.name not in folders:
-            raise UserError(f"{path}: not a SEED-IV subject file (<subject>_<date>.mat in "
-                            "eeg_feature_smooth/<session>/ or eye_feature_smooth/<session>/)")
+            raise UserError(f"{path}: not a SEED-IV subject file — point at a SEED-IV folder or one subject's "
+                            "file in it (eeg_feature_smooth/<session>/<subject>_<date>.mat or eye_feature_smooth/...)")
         return path.parent.parent.parent, [int(match.group(1))]
     if not path.is_dir():
         what = "not a regular file or folder" if path.exists() else "no such file or folder"

@@ -85,7 +85,7 @@ def test_only_the_track_stage_runs_logging_code():
 
 
 def test_the_import_scan_sees_lazy_and_relative_imports(tmp_path):
-    assert "pipeline/files.py" in code_closure("pipeline.seedv")      # lazy, relative, in a function
+    assert "pipeline/files.py" in code_closure("pipeline.datasets.seedv")   # lazy, relative (..files), in a function
     assert "pipeline/errors.py" in code_closure("stages.ingest")      # through stages.common
 
 

@@ -40,7 +40,7 @@ def test_non_finite_numbers_are_refused(key, value):
     ("cv", "subjects", [1, 1], r"cv.subjects: \[1, 1\] lists a value twice"),
     ("cv", "subjects", ["1; touch /tmp/x", 2], r"cv.subjects: .* should be a list of int"),
     ("cv", "subjects", ["../../../victim"], r"cv.subjects: .* should be a list of int"),
-    ("cv", "subjects", [17], r"cv.subjects: held-out subjects must be among data.subjects"),
+    ("cv", "subjects", [17], r"cv.subjects: test subjects must be among data.subjects"),
     ("data", "subjects", [0, 1], r"data.subjects: at least 2 distinct subjects from 1..16"),
     ("data", "raw_dir", "x\n; rm -rf /", r"data.raw_dir: use a plain path"),
     ("data", "raw_dir", "$(touch /tmp/x)", r"data.raw_dir: use a plain path"),
@@ -234,9 +234,15 @@ def test_ignored_shadows_and_planted_bytecode_make_the_code_dirty(tmp_path):
     assert provenance.git_state(tmp_path)["git.dirty"] == "false"
 
 
-def test_the_largest_seed_runs_every_baseline(tiny_frame):
-    from pipeline.baselines import BASELINES, run_baseline
+@pytest.mark.parametrize("split", ["loso", "subject-dependent"])   # the chance stream: seed + subject, or a SeedSequence
+def test_the_largest_seed_runs_every_baseline(tiny_frame, split):
+    from pipeline.baselines import BASELINES, fold_baselines
+    from pipeline.datasets.seedv import SPEC
+    from pipeline.splits import make_folds
 
+    fold = make_folds(SPEC, make_params(data={"subjects": [1, 2, 3]}, cv={"split": split, "subjects": [1]}))[0]
+    out = fold_baselines(tiny_frame, fold, "crop", 12, params.SEED_MAX, SPEC)
+    assert list(out) == list(BASELINES)
     for name in BASELINES:
-        predictions = run_baseline(name, tiny_frame, 1, "crop", 12, params.SEED_MAX)
+        predictions = out[name]
         assert len(predictions) and set(predictions["subject"]) == {1}

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pipeline import interpret
+from pipeline.datasets.seedv import SPEC
 from pipeline.evaluate import confusion
-from pipeline.model import CrossModalTransformer
+from pipeline.models.transformer import CrossModalTransformer
 from tests.conftest import SMALL_MODEL
 from pipeline.sequences import Trials
 
@@ -16,12 +17,12 @@ SMALL = dataclasses.replace(SMALL_MODEL, dropout=0.1)
 
 @pytest.fixture(scope="module")
 def trials(tiny_frame):
-    return Trials.from_frame(tiny_frame)
+    return Trials.from_frame(tiny_frame, SPEC)
 
 
 def model(**switches):
     torch.manual_seed(0)
-    return CrossModalTransformer(dataclasses.replace(SMALL, **switches), n_subjects=2).eval()
+    return CrossModalTransformer(dataclasses.replace(SMALL, **switches), SPEC.widths, SPEC.n_classes, n_domains=2).eval()
 
 
 def test_bin_attention_rows_sum_to_one():
@@ -38,10 +39,10 @@ def test_bin_attention_rows_sum_to_one():
     assert interpret.key_mass(np.full((4, 4), 0.25), 4) == pytest.approx(np.ones(4))
 
 
-@pytest.mark.parametrize("protocol", ["crop", "trial"])
-def test_extraction_shapes(trials, protocol):
+@pytest.mark.parametrize("cv_input", ["crop", "trial"])
+def test_extraction_shapes(trials, cv_input):
     index = np.flatnonzero(trials.subjects == 1)
-    ex = interpret.extract(model(), trials, index, protocol, 12, 12, interpret.Extraction())
+    ex = interpret.extract(model(), trials, index, cv_input, 12, 12, interpret.Extraction(SPEC))
     assert len(ex.labels) == 45 and ex.subjects == [1] * 45
     assert ex.fim["eeg"][0].shape == (310,) and ex.fim["eye"][0].shape == (33,)
     assert all(((w > 0) & (w < 1)).all() for w in ex.fim["eeg"])
@@ -54,7 +55,7 @@ def test_extraction_shapes(trials, protocol):
 
 def test_every_figure_writes_a_png(trials, tmp_path):
     index = np.flatnonzero(trials.subjects == 1)
-    ex = interpret.extract(model(), trials, index, "crop", 12, 12, interpret.Extraction())
+    ex = interpret.extract(model(), trials, index, "crop", 12, 12, interpret.Extraction(SPEC))
     rng = np.random.default_rng(0)
     log_p = np.log(rng.dirichlet(np.ones(5), 45))
     table = pd.DataFrame({**{f"logp_{c}": log_p[:, c] for c in range(5)}, "label": trials.labels[index],
@@ -63,16 +64,17 @@ def test_every_figure_writes_a_png(trials, tmp_path):
                                 "label": trials.labels[index], **{f"p_{c}": np.exp(log_p[:, c]) for c in range(5)}})
     embeddings = interpret.trial_embeddings(model(), trials, index, "crop", 12)
     assert embeddings.shape == (len(index), 32)
-    held_out = {1: (embeddings, trials.labels[index], log_p.argmax(1)), 2: (embeddings, trials.labels[index],
-                                                                            trials.labels[index])}
+    held_out = {"subject-1": (embeddings, trials.labels[index], log_p.argmax(1)),
+                "subject-2": (embeddings, trials.labels[index], trials.labels[index])}
     paths = [
         interpret.cross_attention_figure(ex, tmp_path / "a.png"),
         interpret.temporal_attention_figure(ex, tmp_path / "b.png"),
         interpret.confidence_figure(table, tmp_path / "c.png"),
         interpret.feature_importance_figure(ex, tmp_path / "d.png"),
-        interpret.subject_variability_figure({1: 0.5, 2: 0.7}, {"length-only": {1: 0.2, 2: 0.2}}, tmp_path / "e.png"),
-        interpret.confusion_figure(confusion(predictions, normalize="true"), tmp_path / "f.png"),
-        interpret.tsne_figure(held_out, (1, 0.5, 2), 0, tmp_path / "g.png"),
+        interpret.subject_variability_figure({1: 0.5, 2: 0.7}, {"length-only": {1: 0.2, 2: 0.2}}, SPEC.n_classes,
+                                             tmp_path / "e.png"),
+        interpret.confusion_figure(confusion(predictions, normalize="true"), SPEC.classes, tmp_path / "f.png"),
+        interpret.tsne_figure(held_out, ("subject-1", 0.5, 2), 0, SPEC.classes, tmp_path / "g.png"),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
@@ -81,7 +83,7 @@ def test_every_figure_writes_a_png(trials, tmp_path):
 def test_disabled_components_get_a_note(trials, tmp_path):
     index = np.flatnonzero(trials.subjects == 1)
     ex = interpret.extract(model(cross_attention=False, feature_importance=False), trials, index, "crop", 12, 12,
-                           interpret.Extraction())
+                           interpret.Extraction(SPEC))
     assert not ex.attention["eeg_to_eye"] and not ex.fim["eeg"]
     for draw in (interpret.cross_attention_figure, interpret.temporal_attention_figure,
                  interpret.feature_importance_figure):
@@ -114,7 +116,7 @@ def test_the_confusion_figure_shows_each_true_class_row_of_the_test_trials(monke
     assert confusion(predictions).sum() == 45
     drawn = {}
     monkeypatch.setattr(interpret, "_save", lambda fig, path: drawn.setdefault("fig", fig))
-    interpret.confusion_figure(confusion(predictions, normalize="true"), tmp_path / "f.png")
+    interpret.confusion_figure(confusion(predictions, normalize="true"), SPEC.classes, tmp_path / "f.png")
     ax = drawn["fig"].axes[0]
     cells = np.array([float(t.get_text()) for t in ax.texts]).reshape(5, 5)    # row-major, as displayed
     counts = np.array([[np.sum((labels == t) & (predicted == p)) for p in range(5)] for t in range(5)])

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.evaluate import subject_metrics
-from pipeline.datasets.seedv import N_CLASSES, N_EEG, N_EYE, TRIAL_LABELS, TRIALS_PER_SESSION
+from pipeline.datasets.seedv import N_CLASSES, N_EEG, N_EYE, SPEC, TRIAL_LABELS
 from pipeline.sequences import Trials
+from pipeline.splits import make_folds
 from pipeline.train import train_fold
 from tests.conftest import make_params
 
@@ -34,7 +35,8 @@ def planted(seed: int = 0, strength: float = 1.5) -> Trials:
         eeg[k, n:], eye[k, n:] = 0, 0
     position = np.tile(np.arange(TRIALS), len(SUBJECTS))
     return Trials(eeg, eye, lengths, labels.astype(np.int64), np.repeat(SUBJECTS, TRIALS).astype(np.int64),
-                  (position // TRIALS_PER_SESSION + 1).astype(np.int64), (position % TRIALS_PER_SESSION).astype(np.int64))
+                  (position // SPEC.trials_per_session + 1).astype(np.int64),
+                  (position % SPEC.trials_per_session).astype(np.int64), SPEC)
 
 
 def shuffled_within_subjects(trials: Trials, seed: int = 1) -> Trials:
@@ -51,12 +53,23 @@ def shuffled_within_subjects(trials: Trials, seed: int = 1) -> Trials:
 def params(**train):
     return make_params(data={"subjects": list(SUBJECTS)}, cv={"subjects": [1]},
                        model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                       train={"epochs": 10, "batch_size": 16, "device": "cpu", "validation_subjects": 0,
+                       train={"epochs": 10, "batch_size": 16, "device": "cpu", "validation": 0,
                               "input_noise": 0.0, **train})
 
 
+def fold_1(p):
+    """The LOSO fold that tests subject 1 (cv.subjects: [1])."""
+    (fold,) = make_folds(SPEC, p)
+    assert fold.name == "subject-1"
+    return fold
+
+
+def train_fold_1(trials: Trials, p):
+    return train_fold(trials, fold_1(p), p)
+
+
 def held_out_accuracy(trials: Trials, **train) -> float:
-    return subject_metrics(train_fold(trials, 1, params(**train)).predictions)["trial"]["accuracy"]
+    return subject_metrics(train_fold_1(trials, params(**train)).predictions)["trial"]["accuracy"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +84,7 @@ def test_the_model_learns_a_planted_signal_and_not_a_broken_one(trials):
 
 def test_the_seed_decides_the_weights(trials):
     def weights(seed):
-        return train_fold(trials, 1, params(epochs=1, seed=seed)).model.state_dict()
+        return train_fold_1(trials, params(epochs=1, seed=seed)).model.state_dict()
 
     a, again, other = weights(0), weights(0), weights(1)
     assert all(torch.equal(a[k], again[k]) for k in a)
@@ -87,6 +100,6 @@ def test_a_diverging_fold_is_a_failure_not_a_score():
 
     trials = planted()
     huge = dataclasses.replace(trials, eeg=trials.eeg * 1e18, eye=trials.eye * 1e18)   # finite float32
-    with pytest.raises(UserError, match=r"^fold 1: the training loss became nan at step \d+ \(epoch \d+\): the "
+    with pytest.raises(UserError, match=r"^fold subject-1: the training loss became nan at step \d+ \(epoch \d+\): the "
                                         r"training diverged.*lower train.lr \(now 10\) or train.grad_clip"):
-        train_fold(huge, 1, params(lr=10.0, grad_clip=1e6, weight_decay=0.0))
+        train_fold_1(huge, params(lr=10.0, grad_clip=1e6, weight_decay=0.0))

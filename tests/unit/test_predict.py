@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline import predict
-from pipeline.model import CrossModalTransformer, save_checkpoint
-from pipeline.datasets.seedv import EMOTIONS, N_TRIALS, subject_file
+from pipeline.datasets.seedv import EMOTIONS, N_TRIALS, SPEC, subject_file
+from pipeline.models import save_checkpoint
+from pipeline.models.transformer import CrossModalTransformer
 from tests.conftest import ROOT, make_params
 
 
@@ -17,7 +18,8 @@ from tests.conftest import ROOT, make_params
 def checkpoint(tmp_path):
     params = make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32})
     path = tmp_path / "model.pt"
-    save_checkpoint(path, CrossModalTransformer(params.model, n_subjects=2).eval(), params, [1, 2], None)
+    save_checkpoint(path, CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, n_domains=2).eval(), params,
+                    SPEC, [1, 2], 2, None)
     return path
 
 
@@ -101,7 +103,7 @@ def test_bad_recordings_and_outputs_are_one_line(dataset, checkpoint, tmp_path, 
 
 def test_a_model_trained_with_other_params_is_named(checkpoint):
     from pipeline.errors import UserError
-    from pipeline.model import check_trained_with
+    from pipeline.models import check_trained_with
 
     trained = make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32})
     check_trained_with(trained, [checkpoint])
@@ -114,10 +116,10 @@ def test_a_model_trained_with_other_params_is_named(checkpoint):
 
 def test_the_same_weights_give_the_same_bytes_whatever_the_file_is_called(checkpoint, tmp_path):
     """DVC hashes data/models: a checkpoint's bytes must not depend on the temporary name it was written to."""
-    from pipeline.model import load_checkpoint
+    from pipeline.models import load_checkpoint
 
     net, _ = load_checkpoint(checkpoint)
     params = make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32})
     for name in (".model.pt.123-abcdef01.tmp.pt", ".model.pt.456-0123abcd.tmp.pt"):
-        save_checkpoint(tmp_path / name, net, params, [1, 2], None)
+        save_checkpoint(tmp_path / name, net, params, SPEC, [1, 2], 2, None)
     assert (tmp_path / ".model.pt.123-abcdef01.tmp.pt").read_bytes() == (tmp_path / ".model.pt.456-0123abcd.tmp.pt").read_bytes()

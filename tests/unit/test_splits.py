@@ -120,3 +120,13 @@ def test_no_module_outside_the_dataset_package_uses_a_seed_v_constant():
                             ":!pipeline/datasets", ":!tests/unit/test_splits.py"],
                            cwd=ROOT, capture_output=True, text=True)
     assert found.stdout == "", found.stdout
+
+
+def test_switching_the_dataset_needs_no_other_param():
+    """`dvc exp run -S data.dataset=seed-iv` alone: the default subjects are `all`, every subject of it."""
+    from tests.conftest import DEFAULT_PARAMS
+
+    assert DEFAULT_PARAMS["data"]["subjects"] == DEFAULT_PARAMS["cv"]["subjects"] == "all"
+    p = make_params(data={"dataset": "seed-iv"})
+    assert p.data.subjects == p.cv.subjects == list(range(1, 16)) and p.synthetic.subjects == 15
+    assert make_params(data={"subjects": [2, 5]}).cv.subjects == [2, 5]   # cv's all: every ingested subject

@@ -76,7 +76,8 @@ def test_drift_is_a_linear_within_session_trend():
         for a, b in zip(getattr(base, modality), getattr(drifted, modality)):
             np.testing.assert_allclose(b - a, (b - a)[:1].repeat(len(a), 0), atol=1e-9)   # constant in the trial
             shifts.append((b - a)[0])
-        position = np.arange(45) % seedv.TRIALS_PER_SESSION / (seedv.TRIALS_PER_SESSION - 1) - 0.5
+        trials = seedv.SPEC.trials_per_session
+        position = np.arange(45) % trials / (trials - 1) - 0.5
         per_session = shifts[14] - shifts[0]                                # first to last trial of session 1
         np.testing.assert_allclose(shifts, position[:, None] * per_session[None], atol=1e-9)
         rms_in_noise_stds = np.sqrt(np.mean(per_session**2)) / (2.0 * noise)   # scale_m[s] in 0.7..1.4
@@ -92,9 +93,9 @@ def test_drift_makes_position_readable():
     from pipeline.features import normalize, recording_to_frame
 
     def probe(drift):
-        frame = normalize(pd.concat([recording_to_frame(generate_subject(0, s, drift=drift)) for s in range(1, 5)],
+        frame = normalize(pd.concat([recording_to_frame(generate_subject(0, s, drift=drift), seedv.SPEC) for s in range(1, 5)],
                                     ignore_index=True), "subject")
-        return np.array([position_probe(frame, s, seed=0)["accuracy"] for s in range(1, 5)])
+        return np.array([position_probe(frame, s, seed=0, spec=seedv.SPEC)["accuracy"] for s in range(1, 5)])
 
     without, with_drift = probe(0.0), probe(1.0)
     assert without.mean() < 0.45 and with_drift.min() > 0.75, (without, with_drift)

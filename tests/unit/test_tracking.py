@@ -97,16 +97,18 @@ def test_retry_backs_off_on_locked_store():
 def test_only_a_promotion_registers_and_the_model_is_the_checkpoint(tmp_path, monkeypatch):
     import torch
 
-    from pipeline.model import CrossModalTransformer, PackedInput, save_checkpoint, serving_example
+    from pipeline.datasets.seedv import SPEC
+    from pipeline.models import PackedInput, save_checkpoint, serving_example
+    from pipeline.models.transformer import CrossModalTransformer
     from pipeline.predict import checkpoint_of
     from tests.conftest import make_params
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = make_params(model=dict(d_model=8, heads=2, layers=1, d_ff=8))
-    model = CrossModalTransformer(params.model, n_subjects=2).eval()
-    save_checkpoint(tmp_path / "model.pt", model, params, [1, 2], 3)
+    model = CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, n_domains=2).eval()
+    save_checkpoint(tmp_path / "model.pt", model, params, SPEC, [1, 2], 2, "subject-3")
     tracker = tracking.Tracker("t")
-    example = serving_example(2, 4)
+    example = serving_example(2, 4, SPEC)
     example[..., :-1] = np.random.default_rng(0).normal(size=example[..., :-1].shape)
     committed = {"git.dirty": "false", "git.commit": "abc"}
 
@@ -142,7 +144,7 @@ def test_only_a_promotion_registers_and_the_model_is_the_checkpoint(tmp_path, mo
     assert tracker.client.get_model_version_by_alias("t", "candidate").version == version.version
     loaded = mlflow.pyfunc.load_model("models:/t@candidate")
     with torch.no_grad():
-        expected = PackedInput(model)(torch.from_numpy(example)).numpy()
+        expected = PackedInput(model, SPEC)(torch.from_numpy(example)).numpy()
     np.testing.assert_array_equal(loaded.predict(example), expected)
     assert checkpoint_of("models:/t@candidate").read_bytes() == (tmp_path / "model.pt").read_bytes()
     assert loaded.metadata.signature.inputs.inputs[0].shape == (-1, 4, example.shape[2])
