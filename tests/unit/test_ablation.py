@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline import ablation
+from tests.conftest import ROOT
 
 
 def folds(accuracy_by_subject, seeds=("0", "1", "2"), shift=0.0):
@@ -41,7 +42,8 @@ def test_revisions_are_read_from_git(tmp_path, monkeypatch, capsys):
             seeds = {str(k): {level: {"accuracy": 0.7 + 0.05 * s + shift, "f1_macro": 0.7, "n": 45}
                               for level in ("trial", "window")}
                      for k in range(2)}
-            (tmp_path / f"metrics/folds/{s}.json").write_text(json.dumps({"seeds": seeds}))
+            (tmp_path / f"metrics/folds/subject-{s}.json").write_text(json.dumps({"seeds": seeds}))
+        (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
         run("git", "add", "-A")
         run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", tag)
         run("git", "tag", tag)
@@ -50,3 +52,7 @@ def test_revisions_are_read_from_git(tmp_path, monkeypatch, capsys):
     assert "| off | 70.0 ± 0.0 | 70.0 ± 0.0 | +10.0 |" in capsys.readouterr().out
     assert ablation.main(["main", "nowhere"]) == 1
     assert "nowhere: no metrics/folds in that revision" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("split: loso", "split: cross-session"))
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "other split")
+    assert ablation.main(["main", "HEAD"]) == 1    # pairing across splits means nothing: refused
+    assert "HEAD: seed-v / cross-session, but main is seed-v / loso" in capsys.readouterr().err
