@@ -94,6 +94,9 @@ def train_fold(trials: Trials, fold: Fold, params: Params) -> FoldResult:
     if len(test_index) == 0:
         raise ValueError(f"cv.subjects: subject {fold.subject} is not in the feature table")
     labels = dict(zip(trials.keys().tolist(), trials.labels.tolist()))
+    if missing := sorted({int(k) >> 16 for k in fold.train if int(k) not in labels}):
+        raise ValueError(f"data.subjects: fold {fold.name} trains on subject(s) {missing}, which are not (all) in the "
+                         "feature table — rerun `dvc repro` to ingest them, or remove them from data.subjects")
     inner, validation, validation_names = inner_split(fold, labels, tp.validation, tp.seed)
     selection_data = fit_data(trials, inner, validation, fold.domain_by)
     settings = module.candidates(params)

@@ -118,6 +118,14 @@ def test_an_inner_split_that_leaves_nothing_to_train_on_is_named(trials):
         train_one(only_1_and_2, fold(params, 1), params)
 
 
+def test_a_training_subject_missing_from_the_table_is_named(trials):
+    """params list subject 3, the table lacks it: one line naming it, never a fold trained on less."""
+    only_1_and_2 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in FIELDS), SPEC)
+    params = tiny()
+    with pytest.raises(ValueError, match=r"data.subjects: fold subject-1 trains on subject\(s\) \[3\], which are not"):
+        train_one(only_1_and_2, fold(params, 1), params)
+
+
 def test_each_extra_seed_is_the_run_with_that_seed(ray_session, trials):
     """train.seeds = 2: every fold trained with train.seed and train.seed + 1, each exactly what a one-seed
     run with that train.seed gives; seed_summary reports their mean and spread."""
