@@ -54,9 +54,8 @@ class Fold:
     def mask(self, part: str, table) -> np.ndarray:
         """Boolean mask of ``part`` ("train" | "test") over the rows of ``table`` (a DataFrame with subject,
         session and trial columns, or :class:`pipeline.sequences.Trials`)."""
-        keys = trial_keys(*(np.asarray(getattr(table, c) if not hasattr(table, "columns") else table[c])
-                            for c in (("subject", "session", "trial") if hasattr(table, "columns")
-                                      else ("subjects", "sessions", "trials"))))
+        keys = (trial_keys(table["subject"], table["session"], table["trial"]) if hasattr(table, "columns")
+                else table.keys())
         return np.isin(keys, np.asarray(getattr(self, part), dtype=np.int64))
 
     @property
