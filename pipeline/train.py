@@ -32,7 +32,7 @@ from torch import nn
 
 from . import models
 from .models import FitData, resolve_device
-from .params import Params
+from .params import Params, ParamsError
 from .sequences import Trials, predict_windows
 from .splits import Fold, inner_split
 
@@ -86,17 +86,24 @@ def train_final(trials: Trials, params: Params, epochs: int, candidate) -> tuple
     return fitted.model.cpu().eval(), sorted(set(trials.subjects.tolist())), data.n_domains
 
 
+def check_folds(trials: Trials, folds: list[Fold]) -> None:
+    """Raise ParamsError naming the subjects that ``folds`` train on (any trial) or test on (every trial)
+    but the feature table lacks: found before any training starts, not by whichever fold fails first."""
+    present = set(trials.keys().tolist())
+    lacking = {int(k) >> 16 for fold in folds for k in fold.train if int(k) not in present}
+    lacking |= {fold.subject for fold in folds if not present.intersection(map(int, fold.test))}
+    if lacking:
+        raise ParamsError(f"data.subjects: subject(s) {sorted(lacking)} are not (all) in the feature table — rerun "
+                         "`dvc repro` to ingest them, or remove them from data.subjects and cv.subjects")
+
+
 def train_fold(trials: Trials, fold: Fold, params: Params) -> FoldResult:
     """Fit on ``fold``'s training part (choosing the candidate setting and the epoch on its inner
     validation), then predict its test part's windows."""
     module, device, tp = models.load(params.model.name), resolve_device(params.train.device), params.train
+    check_folds(trials, [fold])
     test_index = np.flatnonzero(fold.mask("test", trials))
-    if len(test_index) == 0:
-        raise ValueError(f"cv.subjects: subject {fold.subject} is not in the feature table")
     labels = dict(zip(trials.keys().tolist(), trials.labels.tolist()))
-    if missing := sorted({int(k) >> 16 for k in fold.train if int(k) not in labels}):
-        raise ValueError(f"data.subjects: fold {fold.name} trains on subject(s) {missing}, which are not (all) in the "
-                         "feature table — rerun `dvc repro` to ingest them, or remove them from data.subjects")
     inner, validation, validation_names = inner_split(fold, labels, tp.validation, tp.seed)
     selection_data = fit_data(trials, inner, validation, fold.domain_by)
     settings = module.candidates(params)

@@ -27,6 +27,7 @@ from pipeline.files import atomic_path, atomic_paths, write_json
 from pipeline.folds import FoldFailed, FoldOutput, run_folds, train_one, training_seeds
 from pipeline.models import resolve_device, save_checkpoint
 from pipeline.sequences import Trials
+from pipeline.train import check_folds
 from stages.common import folds, params, paths, spec, user_errors
 
 
@@ -56,6 +57,7 @@ def main() -> None:
     with user_errors():
         device = resolve_device(p.train.device)
         trials = Trials.from_frame(read_table(args.features, spec(p)), spec(p))
+        check_folds(trials, every_fold)
     if args.fold is not None and args.fold not in (names := [f.name for f in every_fold]):
         raise SystemExit(f"error: --fold {args.fold} is not a fold of cv.split {p.cv.split} (its folds: "
                          f"{', '.join(names[:4])}, ...)")

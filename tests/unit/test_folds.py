@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from pipeline.datasets.seedv import SPEC
 from pipeline.errors import UserError
@@ -104,8 +105,9 @@ def test_a_worker_killed_mid_fold_is_retried_with_the_same_result(ray_session, t
 
 def test_a_failing_fold_stops_the_study_with_one_line(ray_session, trials):
     without_3 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in FIELDS), SPEC)
-    with pytest.raises(FoldFailed, match=r"^fold subject-3 failed: ValueError: cv.subjects: subject 3 is not in "
-                                         r"the feature table$") as info:
+    # Every fold lacks subject 3 (to test or to train on): whichever fails first stops the study.
+    with pytest.raises(FoldFailed, match=r"^fold subject-[123] failed: ParamsError: data.subjects: subject\(s\) \[3\] "
+                                         r"are not \(all\) in the feature table — rerun") as info:
         parallel(without_3, tiny(), folds=[3, 1, 2])
     assert "\n" not in str(info.value)
 
@@ -122,7 +124,7 @@ def test_a_training_subject_missing_from_the_table_is_named(trials):
     """params list subject 3, the table lacks it: one line naming it, never a fold trained on less."""
     only_1_and_2 = Trials(*(getattr(trials, f)[trials.subjects != 3] for f in FIELDS), SPEC)
     params = tiny()
-    with pytest.raises(ValueError, match=r"data.subjects: fold subject-1 trains on subject\(s\) \[3\], which are not"):
+    with pytest.raises(ValueError, match=r"^data.subjects: subject\(s\) \[3\] are not \(all\) in the feature table"):
         train_one(only_1_and_2, fold(params, 1), params)
 
 
@@ -163,7 +165,9 @@ def test_an_unreachable_ray_address_fails_the_stage_in_one_line(tmp_path, tiny_f
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["subjects"] = [1, 2, 3]                 # tiny_frame's subjects
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_table(tiny_frame, tmp_path / "features.parquet", SPEC)
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "stages.train", "features.parquet", "m", "p", "f", "c"],
