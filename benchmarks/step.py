@@ -83,7 +83,7 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
     from pipeline.models import resolve_device
     from pipeline.models.transformer import CrossModalTransformer, candidates, grl_alpha, train_step
     from pipeline.params import load
-    from pipeline.sequences import Batcher
+    from pipeline.sequences import Batcher, to_device
 
     torch.set_num_threads(threads)
     params = load(ROOT / "params.yaml")
@@ -110,14 +110,16 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
     if path == "project":
         batch_of = Batcher(trials, np.arange(len(trials.lengths)), device)
         labels, domains = labels_all.to(device), domains_all.to(device)
+        staged = [(to_device(positions, device), to_device(owners, device)) for positions, owners in stream]
+        alphas = to_device(np.array([grl_alpha(k / (warmup + steps)) for k in range(warmup + steps)], np.float32), device)
 
-        def run(first: int, last: int):
+        def run(first: int, last: int):   # as pipeline.models.transformer.fit: staged sequences, no host sync
             sums = torch.zeros(4, dtype=torch.float64, device=device)
             losses = []
             for k in range(first, last):
-                positions, owners = stream[k]
+                positions, owners = staged[k]
                 out = train_step(model, optimizer, batch_of(positions, owners), labels[owners], domains[owners],
-                                 grl_alpha(k / (warmup + steps)), tp, candidate)
+                                 alphas[k], tp, candidate)
                 scheduler.step()
                 sums += out
                 losses.append(out[0])
@@ -188,7 +190,8 @@ def run_path(path: str, model_overrides: dict, n_subjects: int, steps: int, warm
         from torch.utils.flop_counter import FlopCounterMode
 
         positions, owners = stream[0]
-        batch = Batcher(trials, np.arange(len(trials.lengths)), device)(positions, owners)
+        batch = Batcher(trials, np.arange(len(trials.lengths)), device)(to_device(positions, device),
+                                                                          to_device(owners, device))
         with FlopCounterMode(display=False) as counter:
             out = model(*batch, grl_alpha=0.5)
             nn.functional.cross_entropy(out.logits.float(), labels_all[owners].to(device)).backward()

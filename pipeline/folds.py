@@ -9,7 +9,10 @@ talks to MLflow: the ``track`` stage logs the written folds afterwards.
   ``RAY_CONNECT_TIMEOUT`` s); otherwise it starts a private local Ray sized to the machine (no dashboard,
   quiet logs; never the head that ``ray start --head`` left running) and shuts it down at the end.
 - Resources per fold: ``compute.threads_per_fold`` CPUs (the torch thread count, which can change the
-  last bits of a result) and, when the cluster has GPUs, ``compute.gpus_per_fold`` of a GPU.
+  last bits of a result) and, when the cluster has GPUs and ``train.device`` is not ``cpu``,
+  ``compute.gpus_per_fold`` of a GPU. The final model is one more such task (:func:`run_final`).
+- Device: each task resolves ``train.device`` itself (``auto``: CUDA when *that worker* sees a GPU) and
+  records what it ran on (:func:`pipeline.models.device_facts`); the driver decides nothing about devices.
 - Seeds: with ``train.seeds`` = n > 1 every fold is trained n times, seeded ``train.seed`` + 0 .. n-1 (one
   task each); the extra trainings exist to measure seed variance. Each is exactly what a run with that
   ``train.seed`` and one seed gives.
@@ -25,18 +28,21 @@ import dataclasses
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from .errors import UserError
 from .evaluate import subject_metrics
+from .models import check_device_memory, device_facts, resolve_device
 from .params import Params
 from .sequences import Trials
 from .splits import Fold
-from .train import FoldResult, train_fold
+from .train import FoldResult, train_final, train_fold
 
 RETRIES = 3              # attempts after a worker process dies (not after an exception in the fold)
 RUNTIME_EXCLUDES = [".git", ".venv", ".dvc/cache", ".dvc/tmp", "data", "mlruns", "mlartifacts", "mlflow.db*",
@@ -78,19 +84,43 @@ def training_seeds(params: Params) -> list[int]:
     return [params.train.seed + k for k in range(params.train.seeds)]
 
 
-def train_one(trials: Trials, fold: Fold, params: Params, seed: int | None = None) -> FoldOutput:
+def train_one(trials: Trials, fold: Fold, params: Params, seed: int | None = None,
+              gpu_share: float = 1.0) -> FoldOutput:
     """Train and test one fold (seeded ``seed``, default ``train.seed``) with ``compute.threads_per_fold``
-    torch threads."""
+    torch threads, on the device this process resolves ``train.device`` to (``gpu_share``: the part of the
+    GPU it may use, for the memory check)."""
     start = time.monotonic()
     seed = params.train.seed if seed is None else seed
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=seed))
-    torch.set_num_threads(params.compute.threads_per_fold)
-    result = train_fold(trials, fold, params)
+    device = _worker_device(params, gpu_share)
+    result = train_fold(trials, fold, params, device)
     result.model = result.model.cpu().eval()
     return FoldOutput(fold, seed, result, subject_metrics(result.predictions), time.monotonic() - start)
 
 
-def _start_ray(root: Path) -> bool:
+@dataclass
+class FinalOutput:
+    model: nn.Module
+    subjects: list[int]  # the subjects it was trained on
+    n_domains: int
+    device: dict         # what it ran on (pipeline.models.device_facts)
+
+
+def train_final_one(trials: Trials, params: Params, epochs: int, candidate, gpu_share: float = 1.0) -> FinalOutput:
+    """:func:`pipeline.train.train_final` on the device this process resolves, as :func:`train_one` does."""
+    device = _worker_device(params, gpu_share)
+    model, subjects, n_domains = train_final(trials, params, epochs, candidate, device)
+    return FinalOutput(model.cpu().eval(), subjects, n_domains, device_facts(device))
+
+
+def _worker_device(params: Params, gpu_share: float) -> torch.device:
+    torch.set_num_threads(params.compute.threads_per_fold)
+    device = resolve_device(params.train.device)
+    check_device_memory(params, device, gpu_share)
+    return device
+
+
+def _start_ray(params: Params, root: Path) -> bool:
     """Join ``RAY_ADDRESS`` or start a local Ray; return whether we started it (and must shut it down)."""
     import ray
 
@@ -103,9 +133,37 @@ def _start_ray(root: Path) -> bool:
         ray.init(runtime_env={"working_dir": str(root), "excludes": RUNTIME_EXCLUDES}, **quiet)
     else:
         # "local": a private Ray for this stage, even when a head started with `ray start --head` (or a
-        # dead one's leftovers in /tmp/ray) is on the machine; without it ray.init joins that one.
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+        # dead one's leftovers in /tmp/ray) is on the machine; without it ray.init joins that one. No
+        # num_cpus unless compute.cpus says: Ray's own count honours a container's CPU limit.
+        ray.init(address="local", num_cpus=params.compute.cpus or None, include_dashboard=False, **quiet)
     return True
+
+
+def gpus_per_task(params: Params, cluster_gpus: float) -> float:
+    """The GPU share each task asks Ray for: ``compute.gpus_per_fold`` when ``train.device`` may use one
+    (auto, cuda) and the cluster has GPUs; none for ``cpu`` (a CPU fold never waits for a GPU slot)."""
+    return params.compute.gpus_per_fold if params.train.device != "cpu" and cluster_gpus > 0 else 0.0
+
+
+@contextmanager
+def _ray_tasks(params: Params, function: Callable, root: Path):
+    """``function`` as a Ray remote with the resources each training asks for, and its GPU share, inside a
+    started (or joined) Ray."""
+    import ray
+
+    started = _start_ray(params, root)
+    try:
+        gpus = gpus_per_task(params, ray.cluster_resources().get("GPU", 0))
+        yield ray.remote(function).options(num_cpus=params.compute.threads_per_fold, num_gpus=gpus,
+                                           max_retries=RETRIES, retry_exceptions=False), gpus or 1.0
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _failure(exc, name: str) -> FoldFailed:
+    cause = exc.cause if exc.cause is not None else exc
+    return FoldFailed(f"{name} failed: " + " ".join(f"{type(cause).__name__}: {cause}".split())[:300])
 
 
 def run_folds(trials: Trials, params: Params, folds: list[Fold], on_done: Callable[[FoldOutput, int], None],
@@ -114,13 +172,9 @@ def run_folds(trials: Trials, params: Params, folds: list[Fold], on_done: Callab
     driver as each finishes."""
     import ray
 
-    started = _start_ray(root)
-    try:
-        gpus = params.compute.gpus_per_fold if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        task = ray.remote(train_one).options(num_cpus=params.compute.threads_per_fold, num_gpus=gpus,
-                                             max_retries=RETRIES, retry_exceptions=False)
+    with _ray_tasks(params, train_one, root) as (task, share):
         trials_ref = ray.put(trials)
-        pending = {task.remote(trials_ref, fold, params, seed): (fold, seed)
+        pending = {task.remote(trials_ref, fold, params, seed, share): (fold, seed)
                    for fold in folds for seed in training_seeds(params)}
         done = 0
         try:
@@ -130,16 +184,22 @@ def run_folds(trials: Trials, params: Params, folds: list[Fold], on_done: Callab
                 try:
                     output = ray.get(ready[0])
                 except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if exc.cause is not None else exc
-                    what = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
-                    name = f"fold {fold.name}" + (f" (seed {seed})" if params.train.seeds > 1 else "")
-                    raise FoldFailed(f"{name} failed: {what}") from None
+                    raise _failure(exc, f"fold {fold.name}" + (f" (seed {seed})" if params.train.seeds > 1
+                                                               else "")) from None
                 done += 1
                 on_done(output, done)
         finally:
             for ref in pending:          # a failure or Ctrl-C: stop the others now
                 ray.cancel(ref, force=True)
-    finally:
-        if started:
-            ray.shutdown()
 
+
+def run_final(trials: Trials, params: Params, epochs: int, candidate, root: Path = Path(".")) -> FinalOutput:
+    """The final model as one Ray task, placed and resourced as a fold is (a GPU worker trains it where
+    the folds ran, not the driver's CPU)."""
+    import ray
+
+    with _ray_tasks(params, train_final_one, root) as (task, share):
+        try:
+            return ray.get(task.remote(trials, params, epochs, candidate, share))
+        except ray.exceptions.RayTaskError as exc:
+            raise _failure(exc, "the final model") from None

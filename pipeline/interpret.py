@@ -84,13 +84,14 @@ def _accumulate(acc: dict, positions: np.ndarray, details: dict, length: int, bi
 
 
 def extract(model, trials: Trials, index: np.ndarray, cv_input: str, crop: int,
-            bins: int, into: Extraction) -> Extraction:
-    """Add the held-out trials ``index`` of one fold model to ``into``."""
+            bins: int, into: Extraction, device: torch.device = torch.device("cpu")) -> Extraction:
+    """Add the held-out trials ``index`` of one fold model (on ``device``) to ``into``."""
     lengths = trials.lengths[index]
     per_trial = [dict(n=0, fim={}, attention={}, temporal={}) for _ in index]
-    for owners, batch_positions, out in run_sequences(model, trials, index, cv_input, crop, details=True):
+    for _, owners, batch_positions, out in run_sequences(model, trials, index, cv_input, crop, device, details=True):
+        batch_details = {name: value.float().cpu().numpy() for name, value in out.details.items()}
         for k, owner in enumerate(owners):
-            details = {name: value[k].numpy() for name, value in out.details.items()}
+            details = {name: value[k] for name, value in batch_details.items()}
             _accumulate(per_trial[owner], batch_positions[k], details, lengths[owner], bins)
     for t, acc in enumerate(per_trial):
         into.labels.append(int(trials.labels[index[t]]))
@@ -110,12 +111,12 @@ def extract(model, trials: Trials, index: np.ndarray, cv_input: str, crop: int,
 
 @torch.no_grad()
 def trial_embeddings(model, trials: Trials, index: np.ndarray, cv_input: str,
-                     crop: int) -> np.ndarray:
+                     crop: int, device: torch.device = torch.device("cpu")) -> np.ndarray:
     """(len(index), E) fused embedding per trial of ``index``: the mean over its test sequences."""
     owners, embeddings = [], []
-    for batch_owners, _, out in run_sequences(model, trials, index, cv_input, crop):
+    for _, batch_owners, _, out in run_sequences(model, trials, index, cv_input, crop, device):
         owners.append(batch_owners)
-        embeddings.append(out.embedding.numpy())
+        embeddings.append(out.embedding.float().cpu().numpy())
     owners, embeddings = np.concatenate(owners), np.concatenate(embeddings)
     return np.stack([embeddings[owners == t].mean(0) for t in range(len(index))])
 

@@ -104,12 +104,15 @@ class Train:
     patience: int              # early stopping: epochs without inner-validation improvement (0: never)
     select_by: str             # f1 | loss: the inner-validation score that chooses the epoch
     refit: bool                # retrain on all training subjects for the chosen epochs
+    warmup_steps: int          # linear learning-rate warmup before the cosine schedule (0: none)
+    compile: bool              # torch.compile the training step (once per training, not per step)
 
 
 @dataclass(frozen=True)
 class Compute:
     threads_per_fold: int    # torch CPU threads per fold: changes the last bits, so train tracks it
     gpus_per_fold: float     # GPU share per fold on CUDA (0.25: 4 folds per GPU): only concurrency
+    cpus: int                # CPUs a private local Ray may use (0: Ray's own, container-aware count)
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,8 @@ RANGES = {
     "train.label_smoothing": (0.0, 0.99), "train.input_noise": (0.0, 100.0),
     "train.domain_weight": (0.0, 1000.0), "train.seed": (0, SEED_MAX),
     "train.seeds": (1, 100),
-    "train.validation": (0, MAX_SUBJECT), "train.patience": (0, 10_000),
-    "compute.threads_per_fold": (1, 256), "compute.gpus_per_fold": (0.01, 8.0),
+    "train.validation": (0, MAX_SUBJECT), "train.patience": (0, 10_000), "train.warmup_steps": (0, 1_000_000),
+    "compute.threads_per_fold": (1, 256), "compute.gpus_per_fold": (0.01, 8.0), "compute.cpus": (0, 4096),
 }
 CHOICES = {
     "data.dataset": tuple(DATASETS), "model.name": ("transformer", "dcca", "svm"), "data.nan_policy": ("error", "impute"), "normalize.scope": ("subject", "session", "none"),

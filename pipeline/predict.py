@@ -52,7 +52,7 @@ def predict(data: Path, model: str) -> pd.DataFrame:
     """One row per trial of the recordings at ``data``: predicted emotion and each class's probability."""
     import torch
 
-    from .models import load_checkpoint
+    from .models import load_checkpoint, resolve_device
     from .sequences import Trials, predict_windows
 
     checkpoint = checkpoint_of(model)
@@ -65,8 +65,9 @@ def predict(data: Path, model: str) -> pd.DataFrame:
     root, subjects = dataset.subjects_in(data)
     frame = pd.concat([recording_to_frame(r, spec) for r in dataset.read_dataset(root, subjects)], ignore_index=True)
     trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]), spec)   # as the model was trained
-    windows = predict_windows(net, trials, np.arange(len(trials.lengths)), settings["cv"]["input"],
-                              settings["cv"]["crop_windows"], torch.device("cpu"))
+    device = resolve_device("auto")   # a GPU when this machine has one, as in training
+    windows = predict_windows(net.to(device), trials, np.arange(len(trials.lengths)), settings["cv"]["input"],
+                              settings["cv"]["crop_windows"], device)
     trials = trial_predictions(windows)
     log_p = trials[log_probability_columns(spec.n_classes)].to_numpy()
     probs = np.exp(log_p - log_p.max(1, keepdims=True))

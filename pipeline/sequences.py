@@ -91,58 +91,76 @@ def test_sequences(lengths: np.ndarray, cv_input: str, crop: int):
     return sequences(lengths, cv_input, crop, [sliding_starts(n, crop) for n in lengths])
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on ``device`` with no host sync: on CUDA pinned, then copied asynchronously
+    (the caching host allocator keeps the pinned buffer until the copy is done); on CPU the array itself."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
 class Batcher:
-    """Holds one subject set's trial arrays on the device and gathers padded batches from index rows."""
+    """Holds one subject set's trial arrays on the device and gathers padded batches from index rows that
+    are on the device too, so gathering a batch never waits for the host."""
 
     def __init__(self, trials: Trials, index: np.ndarray, device: torch.device):
-        self.eeg = torch.from_numpy(trials.eeg[index]).to(device)
-        self.eye = torch.from_numpy(trials.eye[index]).to(device)
+        self.eeg = to_device(trials.eeg[index], device)
+        self.eye = to_device(trials.eye[index], device)
         self.device = device
 
-    def __call__(self, positions: np.ndarray, owners: np.ndarray):
-        """(N, L) positions, (N,) owners -> eeg (N, L, F_eeg), eye (N, L, F_eye), valid (N, L)."""
-        pos = torch.from_numpy(positions).to(self.device)
-        own = torch.from_numpy(owners).to(self.device).unsqueeze(1)
-        valid = pos >= 0
-        pos = pos.clamp(min=0)
-        return self.eeg[own, pos], self.eye[own, pos], valid
+    def __call__(self, positions: torch.Tensor, owners: torch.Tensor):
+        """(N, L) positions (-1: padding), (N,) owners, int64 on the device -> eeg (N, L, F_eeg),
+        eye (N, L, F_eye), valid (N, L)."""
+        valid = positions >= 0
+        positions, owners = positions.clamp(min=0), owners.unsqueeze(1)
+        return self.eeg[owners, positions], self.eye[owners, positions], valid
+
+
+def precision(device: torch.device) -> str:
+    """The training and inference precision on ``device``: bf16 autocast on a CUDA GPU that supports it
+    (Ampere and newer), else fp32 (CPU: bit-reproducible)."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
 
 
 def autocast(device: torch.device):
-    """bfloat16 autocast on CUDA; a no-op on CPU (float32 there, bit-reproducible)."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bfloat16 autocast where :func:`precision` says bf16; a no-op elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision(device) == "bf16")
 
 
 @torch.no_grad()
 def run_sequences(model: torch.nn.Module, trials: Trials, index: np.ndarray, cv_input: str, crop: int,
-                  device: torch.device = torch.device("cpu"), batch_size: int = 256, details: bool = False):
-    """Run the model over the test sequences of trials ``index``, in batches; yield (owners (N,) = trial
-    number within ``index``, window positions (N, L), model Output)."""
+                  device: torch.device = torch.device("cpu"), batch_size: int = 256, details: bool = False,
+                  batcher: Batcher | None = None):
+    """Run the model over the test sequences of trials ``index``, in batches; yield (batch (slice into the
+    sequences), owners (N,) = trial number within ``index``, window positions (N, L), model Output).
+    ``batcher``: the trials ``index`` already on the device (a training's inner validation, every epoch)."""
     model.eval()
     positions, owners = test_sequences(trials.lengths[index], cv_input, crop)
-    batch_of = Batcher(trials, index, device)
-    for batch in np.array_split(np.arange(len(owners)), math.ceil(len(owners) / batch_size)):
+    batch_of = batcher or Batcher(trials, index, device)
+    positions_on, owners_on = to_device(positions, device), to_device(owners, device)   # staged once
+    bounds = np.cumsum([0] + [len(b) for b in np.array_split(owners, math.ceil(len(owners) / batch_size))])
+    for batch in map(slice, bounds[:-1], bounds[1:]):   # near-equal batches: their sizes set the last bits
         with autocast(device):
-            out = model(*batch_of(positions[batch], owners[batch]), details=details)
-        yield owners[batch], positions[batch], out
+            out = model(*batch_of(positions_on[batch], owners_on[batch]), details=details)
+        yield batch, owners[batch], positions[batch], out
 
 
 def predict_windows(model: torch.nn.Module, trials: Trials, index: np.ndarray, cv_input: str, crop: int,
-                    device: torch.device = torch.device("cpu")) -> pd.DataFrame:
+                    device: torch.device = torch.device("cpu"), batcher: Batcher | None = None) -> pd.DataFrame:
     """Per-window class probabilities for the trials ``index``: each window gets the softmax of the mean
-    log-probability over the sequences (sliding crops, or the whole trial) that contain it."""
+    log-probability over the sequences (sliding crops, or the whole trial) that contain it. The sums stay on
+    the device until all batches are done: one read back per call."""
     lengths = trials.lengths[index]
-    offsets = np.r_[0, np.cumsum(lengths)[:-1]]
-    totals = np.zeros((lengths.sum(), trials.spec.n_classes))
-    counts = np.zeros(lengths.sum())
-    for owners, positions, out in run_sequences(model, trials, index, cv_input, crop, device):
-        log_probs = torch.log_softmax(out.logits.float(), dim=-1).cpu().numpy().astype(np.float64)
-        rows = np.where(positions >= 0, offsets[owners][:, None] + positions, -1)
-        for k in range(positions.shape[1]):
-            hit = rows[:, k] >= 0
-            np.add.at(totals, rows[hit, k], log_probs[hit])
-            np.add.at(counts, rows[hit, k], 1)
-    mean_log_prob = totals / counts[:, None]
+    offsets, n_windows = np.r_[0, np.cumsum(lengths)[:-1]], int(lengths.sum())
+    positions, owners = test_sequences(lengths, cv_input, crop)
+    rows = np.where(positions >= 0, offsets[owners][:, None] + positions, n_windows)   # padding: a scratch row
+    counts = np.bincount(rows.ravel(), minlength=n_windows + 1)[:n_windows]
+    rows_on = to_device(rows, device)
+    totals = torch.zeros(n_windows + 1, trials.spec.n_classes, dtype=torch.float64, device=device)
+    for batch, _, _, out in run_sequences(model, trials, index, cv_input, crop, device, batcher=batcher):
+        log_probs = torch.log_softmax(out.logits.float(), dim=-1).double()
+        for column in rows_on[batch].T:   # a window appears at most once per column (but the scratch row)
+            totals[column] += log_probs
+    mean_log_prob = totals[:n_windows].cpu().numpy() / counts[:, None]
     probs = np.exp(mean_log_prob - mean_log_prob.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
 

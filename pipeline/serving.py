@@ -13,17 +13,19 @@ import numpy as np
 
 class CheckpointModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from pipeline.models import PackedInput, load_checkpoint
+        from pipeline.models import PackedInput, load_checkpoint, resolve_device
 
         self.checkpoint = context.artifacts["checkpoint"]     # pipeline.predict reads it directly
         network, checkpoint = load_checkpoint(self.checkpoint)
-        self.model = PackedInput(network, checkpoint["spec"]).eval()
+        self.device = resolve_device("auto")                 # a GPU when the serving machine has one
+        self.model = PackedInput(network, checkpoint["spec"]).to(self.device).eval()
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:   # the signature validates
         import torch
 
         with torch.no_grad():
-            return self.model(torch.from_numpy(np.asarray(model_input, dtype=np.float32))).numpy()
+            batch = torch.from_numpy(np.asarray(model_input, dtype=np.float32)).to(self.device)
+            return self.model(batch).cpu().numpy()
 
 
 mlflow.models.set_model(CheckpointModel())

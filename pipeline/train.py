@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import models
-from .models import FitData, resolve_device
+from .models import FitData, device_facts, resolve_device
 from .params import Params, ParamsError
 from .sequences import Trials, predict_windows
 from .splits import Fold, inner_split
@@ -45,6 +45,7 @@ class FoldResult:
     train_subjects: list[int]   # the subjects the tested model was fit on
     n_domains: int              # its adversarial branch's classes (0: none)
     selection: dict = field(default_factory=dict)   # chosen epoch, candidate and inner-validation groups
+    device: dict = field(default_factory=dict)      # what it ran on (pipeline.models.device_facts)
 
 
 def seed_everything(seed: int, key: tuple[int, ...]) -> np.random.Generator:
@@ -52,7 +53,7 @@ def seed_everything(seed: int, key: tuple[int, ...]) -> np.random.Generator:
     fold's seed key (LOSO: the held-out subject)."""
     fold_seed = int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])
     torch.manual_seed(fold_seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True)   # an op without a deterministic kernel raises, never warns
     return np.random.default_rng(fold_seed)
 
 
@@ -74,15 +75,16 @@ def majority(values: list):
     return Counter(values).most_common(1)[0][0]
 
 
-def train_final(trials: Trials, params: Params, epochs: int, candidate) -> tuple[nn.Module, list[int], int]:
+def train_final(trials: Trials, params: Params, epochs: int, candidate,
+                device: torch.device) -> tuple[nn.Module, list[int], int]:
     """One model on every trial of ``trials`` for ``epochs`` epochs of a ``train.epochs`` schedule (as a
     refit), with the ``candidate`` the folds chose (nothing held out, no validation), the subjects as
     domain classes; seeded with key (0,) so that it never shares a stream with a fold. Returns (model,
     subjects, n_domains)."""
     rng = seed_everything(params.train.seed, (0,))
     data = fit_data(trials, trials.keys(), (), "subject")
-    fitted = models.load(params.model.name).fit(data, params, candidate, rng, resolve_device(params.train.device),
-                                                epochs, schedule_epochs=params.train.epochs, desc="final")
+    fitted = models.load(params.model.name).fit(data, params, candidate, rng, device, epochs,
+                                                schedule_epochs=params.train.epochs, desc="final")
     return fitted.model.cpu().eval(), sorted(set(trials.subjects.tolist())), data.n_domains
 
 
@@ -97,10 +99,11 @@ def check_folds(trials: Trials, folds: list[Fold]) -> None:
                          "`dvc repro` to ingest them, or remove them from data.subjects and cv.subjects")
 
 
-def train_fold(trials: Trials, fold: Fold, params: Params) -> FoldResult:
-    """Fit on ``fold``'s training part (choosing the candidate setting and the epoch on its inner
-    validation), then predict its test part's windows."""
-    module, device, tp = models.load(params.model.name), resolve_device(params.train.device), params.train
+def train_fold(trials: Trials, fold: Fold, params: Params, device: torch.device | None = None) -> FoldResult:
+    """Fit on ``fold``'s training part on ``device`` (default: ``train.device`` as this process resolves
+    it), choosing the candidate setting and the epoch on its inner validation; then predict its test part."""
+    module, tp = models.load(params.model.name), params.train
+    device = device or resolve_device(tp.device)
     check_folds(trials, [fold])
     test_index = np.flatnonzero(fold.mask("test", trials))
     labels = dict(zip(trials.keys().tolist(), trials.labels.tolist()))
@@ -126,4 +129,4 @@ def train_fold(trials: Trials, fold: Fold, params: Params) -> FoldResult:
                                    for c, r in zip(settings, runs)]
     train_subjects = sorted(set(trials.subjects[data.train_index].tolist()))
     return FoldResult(fitted.model, pd.DataFrame(runs[best].curves), predictions, train_subjects, data.n_domains,
-                      selection)
+                      selection, device_facts(device))

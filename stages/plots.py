@@ -14,7 +14,7 @@ from tqdm import tqdm
 from pipeline import interpret
 from pipeline.evaluate import confusion, trial_predictions
 from pipeline.features import read_table
-from pipeline.models import load_checkpoint
+from pipeline.models import load_checkpoint, resolve_device
 from pipeline.sequences import Trials
 from stages.common import folds, params, paths, spec, user_errors
 
@@ -25,6 +25,7 @@ if __name__ == "__main__":
     p = params()
     dataset, every_fold = spec(p), folds(p)
     with user_errors():
+        device = resolve_device(p.train.device)
         trials = Trials.from_frame(read_table(args.features, dataset), dataset)
     cv_input, crop = p.cv.input, p.cv.crop_windows
     bins = crop if cv_input == "crop" else 20
@@ -33,15 +34,16 @@ if __name__ == "__main__":
     extraction, held_out, probe = interpret.Extraction(dataset), {}, None
     for k, fold in enumerate(tqdm(every_fold, desc="plots", unit="fold", disable=None)):
         model, ckpt = load_checkpoint(args.models / fold.name / "model.pt")
+        model = model.to(device)
         index = np.flatnonzero(fold.mask("test", trials))
-        interpret.extract(model, trials, index, cv_input, crop, bins, extraction)
+        interpret.extract(model, trials, index, cv_input, crop, bins, extraction, device)
         if k < TSNE_PANELS:
             predicted = trial_table.loc[list(zip(trials.subjects[index], trials.sessions[index], trials.trials[index]))]
-            held_out[fold.name] = (interpret.trial_embeddings(model, trials, index, cv_input, crop),
+            held_out[fold.name] = (interpret.trial_embeddings(model, trials, index, cv_input, crop, device),
                                    trials.labels[index], predicted.to_numpy())
         if k == 0 and len(ckpt["train_subjects"]) > 1:   # subject identity left in one fold model's embeddings
             trained = np.flatnonzero(fold.mask("train", trials))
-            embeddings = interpret.trial_embeddings(model, trials, trained, cv_input, crop)
+            embeddings = interpret.trial_embeddings(model, trials, trained, cv_input, crop, device)
             probe = (fold.name, interpret.subject_probe(embeddings, trials.subjects[trained], p.train.seed),
                      len(ckpt["train_subjects"]))
 

@@ -8,8 +8,12 @@ One parent run per execution that changed anything: named after the DVC experime
 baseline metrics, a description, the metrics files, the figures, every fold's predictions (so that
 ``pipeline.rebuild`` can compare them) and fold metrics (``folds/``, for ``pipeline.ablation
 mlflow:<id>``). Under it one run per fold (its params, per-epoch curves with the epoch as the step,
-metrics, the model ``fold-<fold name>``, "/" as "-") and one ``final`` run with the model trained on
-every subject. Nothing is registered: ``python -m pipeline.promote <parent run id> --reason …`` is the
+metrics, the device it ran on as ``device.*`` tags, and its model as a *reference*: tags ``model.path``
+and ``model.md5`` name the file in DVC's cache, which alone holds fold weights) and one ``final`` run with
+the model trained on every subject, logged with its weights (the model people load and serve). So a
+study's weights are stored once, plus the final model's copy: at the original's size (28 M parameters,
+112 MB a model) 1.9 GB instead of 3.8 GB. The parent's ``device.names`` lists every device its trainings
+used. Nothing is registered: ``python -m pipeline.promote <parent run id> --reason …`` is the
 one way ``models:/<mlflow.experiment>@candidate`` moves.
 
 RECORD (``data/tracked.json``) lists what was logged. DVC caches it rather than git, so a fresh clone's
@@ -17,6 +21,7 @@ RECORD (``data/tracked.json``) lists what was logged. DVC caches it rather than 
 server): ``MLFLOW_TRACKING_URI=… dvc repro --force --single-item track``.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -32,6 +37,17 @@ from pipeline.promote import ALIAS
 from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import folds as make_folds
 from stages.common import params, paths, spec, user_errors
+
+
+def device_tags(facts: dict) -> dict[str, str]:
+    """``device.type``, ``device.name``, ``device.precision``, ... of one training."""
+    return {f"device.{key}": str(value) for key, value in facts.items()}
+
+
+def md5(path: Path) -> str:
+    """The file's md5: its name in DVC's cache (``.dvc/cache/files/md5/<2 hex>/<30 hex>``)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
@@ -59,21 +75,24 @@ if __name__ == "__main__":
     folds = {f.name: json.loads((args.fold_metrics / f"{f.name}.json").read_text()) for f in every_fold}
     example = serving_example(2, p.cv.crop_windows, spec(p))   # batch 2: the signature is not specialized to one
     name, runs = parent_name(flat, tags["git.commit"]), []
-    device = folds[every_fold[0].name]["device"]
-    with tracker.execution(), tracker.run(name, "parent", flat, {**tags, "device": device}) as parent:
+    final = json.loads((args.final_model / "final.json").read_text())
+    devices = sorted({fold["device"]["name"] for fold in folds.values()} | {final["device"]["name"]})
+    with tracker.execution(), tracker.run(name, "parent", flat, {**tags, "device.names": ", ".join(devices)}) as parent:
         tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
         for k, (s, fold) in enumerate(folds.items(), 1):
-            with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, tags, parent=parent) as run:
+            model = args.models / s / "model.pt"
+            reference = {"model.path": str(model), "model.md5": md5(model)}   # in DVC's cache at git.commit
+            with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, {**tags, **device_tags(fold["device"]),
+                                                                         **reference}, parent=parent) as run:
                 tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv"))
                 scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
                 chosen = {f"selection/{k}": v for k, v in fold["selection"].items() if type(v) in (int, float)}
                 tracker.log_metrics(run, {**scores, **chosen})
-                tracker.log_model(run, args.models / s / "model.pt", example, name=f"fold-{s.replace('/', '-')}")
             runs.append(f"fold {s}")
             print(f"tracked fold {k}/{len(folds)} | elapsed {time.monotonic() - start:.0f} s", flush=True)
 
-        final = json.loads((args.final_model / "final.json").read_text())
-        with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]}, tags, parent=parent) as run:
+        with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]},
+                         {**tags, **device_tags(final["device"])}, parent=parent) as run:
             tracker.log_metrics(run, {f"final/{k}": v for k, v in final.items() if type(v) in (int, float)})
             tracker.log_model(run, args.final_model / "model.pt", example, name="final")
         runs.append("final")

@@ -19,6 +19,7 @@ feature-importance weights ask for ``details`` and draw what the model returns).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ import pandas as pd
 from ..datasets import Spec
 from ..errors import UserError
 from ..evaluate import classification_scores, log_probability_columns, n_classes, trial_predictions
-from ..params import Params, ParamsError, Train, from_dict
+from ..params import Params, ParamsError, Train, from_dict, training_bytes
 
 MODELS = ("transformer", "dcca", "svm")   # model.name -> module of this package
 
@@ -96,13 +97,47 @@ def selection_key(row: dict, select_by: str) -> tuple[float, float]:
     return (row["val_loss"], 0.0) if select_by == "loss" else (-row["val_f1"], row["val_loss"])
 
 
+CUBLAS_WORKSPACE = ":4096:8"   # cuBLAS's deterministic workspace setting (CUDA's reproducibility notes)
+
+
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``train.device`` as seen by *this* process (a Ray worker resolves its own): ``auto`` is CUDA when
+    this process sees a GPU. Before any CUDA work starts it sets ``CUBLAS_WORKSPACE_CONFIG`` (cuBLAS reads
+    it when its first handle is made), without which ``torch.use_deterministic_algorithms`` refuses cuBLAS."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ParamsError("train.device: cuda was asked for but torch sees no CUDA device — "
                           "use auto or cpu on this machine")
-    return torch.device(name)
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto"
+                          else name)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    return device
+
+
+def device_facts(device: torch.device) -> dict[str, object]:
+    """What a training or inference ran on, recorded beside its results: the device, its precision and
+    the software that sets the last bits (bit-identity holds for the same facts)."""
+    from ..sequences import precision
+
+    facts = {"type": device.type, "name": "cpu", "precision": precision(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        facts.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                     cudnn=torch.backends.cudnn.version())
+    return facts
+
+
+def check_device_memory(params: Params, device: torch.device, share: float = 1.0) -> None:
+    """Refuse (one line) a training whose step would not fit in ``share`` of the GPU's memory (a Ray task's
+    ``compute.gpus_per_fold``): found before the first step, not as a CUDA out-of-memory error mid-fold."""
+    if device.type != "cuda" or params.model.name != "transformer":   # the others are far smaller
+        return
+    properties = torch.cuda.get_device_properties(device)
+    need, have = training_bytes(params), properties.total_memory * min(share, 1.0)
+    if need > have:
+        raise ParamsError(f"model, train.batch_size and cv.crop_windows: one training step needs about "
+                          f"{need / 2**30:.1f} GiB, this fold's share of the {properties.name} is "
+                          f"{have / 2**30:.1f} GiB — raise compute.gpus_per_fold (now {params.compute.gpus_per_fold:g})"
+                          " or shrink train.batch_size")
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -171,11 +206,15 @@ TRAINING_SECTIONS = ("data.dataset", "cv.", "model.", "train.", "dcca.", "svm.")
                                           # with (train's and final's in dvc.yaml): another change reruns neither
 
 
+SEED_COUNT = ("train.seeds",)   # the kept model is train.seed's, exactly what one seed gives: final does not
+                                # rerun when only the count changes, so its checkpoint may name another
+
+
 def check_trained_with(params: Params, paths) -> None:
     """Refuse (one UserError line) when a checkpoint at ``paths`` was trained with other training params
     than ``params``: what is logged beside a model must be what made it, and params.yaml can change while a
     pipeline runs (an edit, or a second ``dvc exp run -S ...`` started in the same workspace)."""
-    now = {k: v for k, v in params.flat().items() if k.startswith(TRAINING_SECTIONS)}
+    now = {k: v for k, v in params.flat().items() if k.startswith(TRAINING_SECTIONS) and k not in SEED_COUNT}
     for path in paths:
         then = from_dict(torch.load(path, map_location="cpu", weights_only=True)["params"], str(path)).flat()
         if changed := [k for k in now if now[k] != then[k]]:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..datasets import Spec
 from ..params import Model as ModelParams
 from ..params import Params, Train
-from ..sequences import Batcher, autocast, predict_windows, sequences
+from ..sequences import Batcher, autocast, predict_windows, sequences, to_device
 from . import Fit, FitData, Output, check_finite, masked_mean, selection_key, validation_scores
 
 
@@ -118,12 +118,13 @@ class GlobalPooling(nn.Module):
 class _ReverseGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha):
-        ctx.alpha = alpha
+        ctx.save_for_backward(alpha)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return -ctx.alpha * grad, None
+        alpha, = ctx.saved_tensors
+        return -alpha * grad, None
 
 
 def grl_alpha(progress: float) -> float:
@@ -135,14 +136,17 @@ class DomainClassifier(nn.Module):
     """6. Gradient reversal + subject classifier over the training subjects. (B, E) -> (B, n_subjects).
 
     Forward is the identity into an MLP; backward multiplies the gradient by -alpha, so the features
-    are pushed to carry no subject identity.
+    are pushed to carry no subject identity. ``alpha`` is a 0-d tensor (a float is wrapped): a value that
+    changes every step would make ``torch.compile`` recompile every step.
     """
 
     def __init__(self, in_features: int, hidden: int, n_subjects: int):
         super().__init__()
         self.classifier = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, n_subjects))
 
-    def forward(self, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+        if not isinstance(alpha, torch.Tensor):
+            alpha = x.new_full((), alpha, dtype=torch.float32)   # a fill on the device, no host copy
         return self.classifier(_ReverseGradient.apply(x, alpha))
 
 
@@ -188,7 +192,7 @@ class CrossModalTransformer(nn.Module):
         self.domain = DomainClassifier(fused, d, n_domains) if params.domain_adaptation and n_domains else None
         self.head = ClassificationHead(fused, d, params.dropout, n_classes, mlp=params.mlp_head)
 
-    def forward(self, eeg: torch.Tensor, eye: torch.Tensor, valid: torch.Tensor, grl_alpha: float = 0.0,
+    def forward(self, eeg: torch.Tensor, eye: torch.Tensor, valid: torch.Tensor, grl_alpha: torch.Tensor | float = 0.0,
                 details: bool = False) -> Output:
         inputs, extra = {"eeg": eeg, "eye": eye}, {}
         streams = {}
@@ -248,12 +252,13 @@ def epoch_batches(lengths: np.ndarray, params: Params, rng: np.random.Generator,
     return positions, owners, np.array_split(rng.permutation(len(owners)), n_steps)
 
 
-def train_step(model: CrossModalTransformer, optimizer: torch.optim.Optimizer, batch, labels: torch.Tensor,
-               domains: torch.Tensor | None, alpha: float, tp: Train, candidate: Candidate) -> torch.Tensor:
-    """One optimizer step on ``batch`` = (eeg (B, L, F_eeg), eye (B, L, F_eye), valid (B, L)) with class
-    ``labels`` (B,) and domain classes ``domains`` (B,), regularized as ``candidate`` says (Gaussian feature
-    noise on the z-scored inputs, label smoothing). Returns the batch's summed (loss, class loss, domain
-    loss, correct) as a float64 tensor on the device: nothing is read back to the host here."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, labels: torch.Tensor,
+               domains: torch.Tensor | None, alpha: torch.Tensor, tp: Train, candidate: Candidate) -> torch.Tensor:
+    """One optimizer step of ``model`` (a :class:`CrossModalTransformer`, or it compiled) on ``batch`` =
+    (eeg (B, L, F_eeg), eye (B, L, F_eye), valid (B, L)) with class ``labels`` (B,) and domain classes
+    ``domains`` (B,), all on the device, and the 0-d GRL coefficient ``alpha``; regularized as ``candidate``
+    says (Gaussian feature noise on the z-scored inputs, label smoothing). Returns the batch's summed (loss,
+    class loss, domain loss, correct) as a float64 tensor on the device: nothing waits for the host here."""
     eeg, eye, valid = batch
     noise = candidate.input_noise
     if noise:   # no draw at 0, so the dropout stream is that of an unregularized run
@@ -275,37 +280,59 @@ def train_step(model: CrossModalTransformer, optimizer: torch.optim.Optimizer, b
                         domain_loss.detach().double() * n, correct.double()])
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """Per-step learning rate: cosine annealing over ``total_steps``, after ``warmup_steps`` of linear warmup
+    (from lr / (warmup + 1)) when asked for: a post-LN transformer of the original's size wants warmup."""
+    warmup = min(warmup_steps, total_steps - 1)
+    if not warmup:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup)], milestones=[warmup])
+
+
 def fit(data: FitData, params: Params, candidate: Candidate, rng: np.random.Generator, device: torch.device,
         epochs: int, schedule_epochs: int | None = None, desc: str = "fit") -> Fit:
     """Train a fresh model on ``data.train_index`` for up to ``epochs`` epochs with the regularizers of
     ``candidate``. The learning-rate and gradient-reversal schedules span ``schedule_epochs`` epochs
     (default ``epochs``): a refit that stops early follows the selection run's schedule. With validation
     trials the model of the best inner-validation epoch is returned (early stopping after
-    ``train.patience`` epochs without improvement)."""
+    ``train.patience`` epochs without improvement).
+
+    Host syncs: one per epoch (the epoch's losses, the finiteness check) plus one per inner validation (its
+    summed log-probabilities); an epoch's sequences are staged on the device once, and every batch, label
+    and domain is gathered there."""
     cv, tp, trials = params.cv, params.train, data.trials
     train_index, validation_index = data.train_index, data.validation_index
-    labels = torch.from_numpy(trials.labels[train_index]).to(device)
-    domains = torch.from_numpy(data.domains).to(device) if data.domains is not None else None
+    labels = to_device(trials.labels[train_index], device)
+    domains = to_device(data.domains, device) if data.domains is not None else None
     lengths = trials.lengths[train_index]
 
     model = build(params, trials.spec, data.n_domains if data.domains is not None else 0).to(device)
+    step_model = torch.compile(model) if tp.compile else model   # shares model's parameters
     optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     epoch_steps = steps_per_epoch(len(lengths), params)
     total_steps = (schedule_epochs or epochs) * epoch_steps
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scheduler = lr_schedule(optimizer, total_steps, tp.warmup_steps)
+    alpha_values = [grl_alpha(s / max(total_steps - 1, 1)) for s in range(total_steps)]
+    alphas = to_device(np.asarray(alpha_values, dtype=np.float32), device)
     batch_of = Batcher(trials, train_index, device)
+    validation_batcher = Batcher(trials, validation_index, device) if len(validation_index) else None
 
     curves, step, best = [], 0, ((math.inf, math.inf), 0, None)   # (selection key, epoch, weights)
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=None)
     for epoch in bar:
         model.train()
         positions, owners, batches = epoch_batches(lengths, params, rng, epoch_steps)
+        order = np.concatenate(batches)
+        positions_on, owners_on = to_device(positions[order], device), to_device(owners[order], device)
+        bounds = np.cumsum([0] + [len(b) for b in batches])
         sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, class, domain, correct
         step_losses = []
-        for batch in batches:
-            alpha = grl_alpha(step / max(total_steps - 1, 1))
-            stats = train_step(model, optimizer, batch_of(positions[batch], owners[batch]), labels[owners[batch]],
-                               domains[owners[batch]] if domains is not None else None, alpha, tp, candidate)
+        for batch in map(slice, bounds[:-1], bounds[1:]):
+            own = owners_on[batch]
+            stats = train_step(step_model, optimizer, batch_of(positions_on[batch], own), labels[own],
+                               domains[own] if domains is not None else None, alphas[step], tp, candidate)
             sums += stats
             step_losses.append(stats[0])
             scheduler.step()
@@ -313,11 +340,11 @@ def fit(data: FitData, params: Params, candidate: Candidate, rng: np.random.Gene
         check_finite(model, torch.stack(step_losses), step - len(step_losses) + 1, epoch, desc, tp)
         loss, class_loss, domain_loss, correct = (sums / len(owners)).tolist()   # one host sync per epoch
         row = {"epoch": epoch, "loss": loss, "class_loss": class_loss, "domain_loss": domain_loss,
-               "train_accuracy": correct, "lr": scheduler.get_last_lr()[0], "grl_alpha": alpha,
+               "train_accuracy": correct, "lr": scheduler.get_last_lr()[0], "grl_alpha": alpha_values[step - 1],
                "val_loss": math.nan, "val_accuracy": math.nan, "val_f1": math.nan}
-        if len(validation_index):
+        if validation_batcher is not None:
             row.update(validation_scores(predict_windows(model, trials, validation_index, cv.input,
-                                                         cv.crop_windows, device)))
+                                                         cv.crop_windows, device, validation_batcher)))
             if selection_key(row, tp.select_by) < best[0]:
                 best = (selection_key(row, tp.select_by), epoch, copy.deepcopy(model.state_dict()))
         curves.append(row)

@@ -53,7 +53,7 @@ def test_repro_metrics_and_diff(project):
     before = (project.path / "metrics/folds/subject-1.json").read_text()
     predictions = pd.read_parquet(project.path / "data/predictions/subject-1.parquet")
     project.run("python", "-m", "stages.train", "data/processed/features.parquet", "data/models",
-                "data/predictions", "metrics/folds", "metrics/curves", "--fold", "subject-1")
+                "data/predictions", "metrics/folds", "metrics/curves", "metrics/selections", "--fold", "subject-1")
     assert (project.path / "metrics/folds/subject-1.json").read_text() == before
     pd.testing.assert_frame_equal(pd.read_parquet(project.path / "data/predictions/subject-1.parquet"), predictions,
                                   check_exact=True)
@@ -93,7 +93,7 @@ def test_stage_errors_are_one_line_and_leave_no_running_run(project):
     project.make_tiny()
     project.run("dvc", "repro", "normalize")
     train = ("python", "-m", "stages.train", "data/processed/features.parquet", "data/models",
-             "data/predictions", "metrics/folds", "metrics/curves")
+             "data/predictions", "metrics/folds", "metrics/curves", "metrics/selections")
     if not torch.cuda.is_available():
         project.set_params("train", device="cuda")
         result = project.run(*train, check=False)
@@ -128,7 +128,7 @@ def test_a_failing_fold_leaves_no_outputs_and_no_running_run(project):
     # trains on it.
     assert ("error: data.subjects: subject(s) [2] are not (all) in the feature table — rerun `dvc repro` to "
             "ingest them, or remove them from data.subjects and cv.subjects\n" in result.stderr), result.stderr
-    for out in ("data/models", "data/predictions", "metrics/folds", "metrics/curves"):
+    for out in ("data/models", "data/predictions", "metrics/folds", "metrics/curves", "metrics/selections"):
         assert not (project.path / out).exists(), out
     assert not list(project.path.rglob("*.tmp*"))
     # Only `track` logs, from finished outputs: a failed training leaves nothing in MLflow.
