@@ -1,5 +1,6 @@
 """MLflow as the lab notebook, end to end: run structure of real executions, and their exact rebuild."""
 
+import hashlib
 import re
 import sys
 
@@ -33,7 +34,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
         assert set(children["tags.mlflow.runName"]) == {"fold subject-1", "fold subject-2", "final"}
         assert (children["status"] == "FINISHED").all() and parent.status == "FINISHED"
         for key in ("git.commit", "git.dirty", "data.raw_md5", "data.processed_md5", "version.torch",
-                    "version.python", "version.numpy", "version.dvc", "version.mlflow", "device"):
+                    "version.python", "version.numpy", "version.dvc", "version.mlflow", "device.names"):
             assert isinstance(parent[f"tags.{key}"], str) and parent[f"tags.{key}"], key
         assert parent["params.model.d_model"] == "16"
         assert 0 <= parent["metrics.trial/accuracy_mean"] <= 1
@@ -51,7 +52,7 @@ def test_parents_children_and_rebuild(project, tmp_path):
     assert {"trial/accuracy", "trial/accuracy_mean", "window/accuracy_mean", "baseline/both-logreg/trial/accuracy_mean",
             "loss", "val_f1", "selection/chosen_epoch", "final/epochs"} <= metric_keys and "epoch" not in metric_keys
     tags = {c[len("tags."):] for c in table.columns if c.startswith("tags.")}
-    assert all(t.split(".")[0] in ("mlflow", "git", "data", "version", "dvc", "pipeline", "device")
+    assert all(t.split(".")[0] in ("mlflow", "git", "data", "version", "dvc", "pipeline", "device", "model")
                for t in tags), sorted(tags)
     assert not set(tracking.BOOKKEEPING_TAGS) & tags   # process/request ids are dropped when a run ends
     folds = table[(table["tags.pipeline.role"] == "fold")]
@@ -59,7 +60,14 @@ def test_parents_children_and_rebuild(project, tmp_path):
     history = mlflow.MlflowClient(uri).get_metric_history(folds.iloc[0].run_id, "loss")
     assert [m.step for m in history] == [1, 2]                     # the epoch is the step (tiny: 2 epochs)
     model_ids = mlflow.search_logged_models(experiment_ids=[parents.iloc[0].experiment_id], output_format="list")
-    assert sorted(m.name for m in model_ids) == ["final", "final", "fold-subject-1", "fold-subject-1", "fold-subject-2", "fold-subject-2"]
+    # Fold weights live in DVC's cache alone: their runs name the file (path and md5), only final is logged.
+    assert sorted(m.name for m in model_ids) == ["final", "final"]
+    latest = folds[folds["tags.mlflow.parentRunId"] == experiment_parent.run_id]   # its files are in the workspace
+    assert len(latest) == 2
+    for _, run in latest.iterrows():
+        weights = (project.path / run["tags.model.path"]).read_bytes()
+        assert hashlib.md5(weights).hexdigest() == run["tags.model.md5"]
+    assert (folds["tags.device.type"] == "cpu").all() and (parents["tags.device.names"] == "cpu").all()
 
     # Rebuild the first execution exactly.
     ok = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
