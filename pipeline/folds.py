@@ -25,8 +25,11 @@ talks to MLflow: the ``track`` stage logs the written folds afterwards.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
+import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +80,42 @@ def _check_reachable(address: str) -> None:
         raise FoldFailed(f"RAY_ADDRESS={address}: no Ray head answers there ({type(exc).__name__}: {exc}); start one "
                          "with `ray start --head`, fix the address, or unset RAY_ADDRESS to train on a private "
                          "local Ray") from None
+
+
+RAY_TOKEN_FILE = "~/.ray/auth_token"   # where `ray start --head` keeps the cluster's token (Ray 2.59+)
+
+
+@contextmanager
+def _stderr_held():
+    """Hold what this process writes to file descriptor 2 (C++ libraries included) while the block runs;
+    afterwards it is in the yielded dict's ``text``, for the caller to print or drop."""
+    sys.stderr.flush()
+    saved, out = os.dup(2), {"text": ""}
+    with tempfile.TemporaryFile("w+") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            out["text"] = held.read()
+
+
+def _use_token_if_available() -> None:
+    """Turn on Ray's token authentication for a driver joining ``RAY_ADDRESS`` when a token is at hand
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or the default file) and ``RAY_AUTH_MODE`` is unset:
+    ``ray start --head`` enables it whenever a token exists, but Ray never does for a driver given an
+    explicit address, which then fails with ``InvalidAuthToken``. This is Ray's own rule (the one it applies
+    to ``address="auto"``), from Ray's module for it; ``RAY_AUTH_MODE`` set by the user wins."""
+    from ray._private.authentication import authentication_token_setup as setup
+
+    quiet = logging.getLogger(setup.__name__)
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)   # its notice would be a second stderr line
+    try:
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def training_seeds(params: Params) -> list[int]:
@@ -130,7 +169,21 @@ def _start_ray(params: Params, root: Path) -> bool:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
-        ray.init(runtime_env={"working_dir": str(root), "excludes": RUNTIME_EXCLUDES}, **quiet)
+        _use_token_if_available()
+        try:
+            with _stderr_held() as held:   # Ray's C++ client logs every refused retry on stderr
+                ray.init(runtime_env={"working_dir": str(root), "excludes": RUNTIME_EXCLUDES}, **quiet)
+            sys.stderr.write(held["text"])
+        except (ray.exceptions.AuthenticationError, ConnectionError, RuntimeError) as exc:
+            causes = [exc]
+            while causes[-1].__cause__ is not None or causes[-1].__context__ is not None:
+                causes.append(causes[-1].__cause__ or causes[-1].__context__)
+            if not any(isinstance(c, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(c)
+                       for c in causes):   # Ray wraps it, as text, in a RuntimeError in a ConnectionError
+                raise
+            raise FoldFailed(f"RAY_ADDRESS={address}: the Ray head refused this driver's authentication token "
+                             f"({type(exc).__name__}): give it the head's token — copy the head's "
+                             f"{RAY_TOKEN_FILE} here, or set RAY_AUTH_TOKEN_PATH to a copy of it") from None
     else:
         # "local": a private Ray for this stage, even when a head started with `ray start --head` (or a
         # dead one's leftovers in /tmp/ray) is on the machine; without it ray.init joins that one. No

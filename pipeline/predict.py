@@ -30,22 +30,62 @@ from .files import atomic_path
 
 
 def checkpoint_of(model: str) -> Path:
-    """The ``model.pt`` behind MODEL: the file itself, or the checkpoint inside an MLflow model logged by
-    the ``track`` stage (:mod:`pipeline.serving`)."""
+    """The ``model.pt`` behind MODEL: the file itself, or the checkpoint of an MLflow model logged by the
+    ``track`` stage, *verified before anything of it is loaded*: the model's source run must be a pipeline
+    run (``pipeline.role`` final or fold) that recorded the checkpoint's SHA-256 (``model.sha256``), and the
+    downloaded checkpoint must have that hash. Nothing of the MLflow model is imported or unpickled (a pyfunc
+    model is code, run on load): only its files are downloaded, and then only weights are read."""
     if Path(model).is_file():
         return Path(model)
     import mlflow
+    import yaml
     from mlflow.exceptions import MlflowException
 
+    from .tracking import CHECKPOINT_TAG, sha256
+
+    fix = "check the URI and MLFLOW_TRACKING_URI, or give a model.pt file"
     try:
-        loaded = mlflow.pyfunc.load_model(model)
-    except (MlflowException, OSError) as exc:
-        raise UserError(f"--model {model}: not a model.pt file nor a loadable MLflow model "
-                        f"({type(exc).__name__}) — check the path or URI and MLFLOW_TRACKING_URI") from None
-    checkpoint = getattr(loaded.unwrap_python_model(), "checkpoint", None)
-    if checkpoint is None:
-        raise UserError(f"--model {model}: an MLflow model not logged by this pipeline (no model.pt inside)")
-    return Path(checkpoint)
+        run = mlflow.MlflowClient().get_run(source_run(model))
+        if run.data.tags.get("pipeline.role") not in ("final", "fold") or CHECKPOINT_TAG not in run.data.tags:
+            raise UserError(f"--model {model}: not a model logged by this pipeline's track stage (its run has no "
+                            f"{CHECKPOINT_TAG} tag), so it is not loaded — {fix}")
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+    except MlflowException as exc:
+        raise UserError(f"--model {model}: no such MLflow model ({exc.error_code}) — {fix}") from None
+    try:
+        relative = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"][
+            "checkpoint"]["path"]
+        checkpoint = (folder / relative).resolve()
+        inside = checkpoint.is_relative_to(folder.resolve()) and checkpoint.is_file()
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        inside = False
+    if not inside:
+        raise UserError(f"--model {model}: an MLflow model without this pipeline's checkpoint artifact — {fix}")
+    if sha256(checkpoint) != run.data.tags[CHECKPOINT_TAG]:
+        raise UserError(f"--model {model}: its model.pt is not the checkpoint its run {run.info.run_id} logged "
+                        f"(SHA-256 differs from {CHECKPOINT_TAG}): replaced after logging, so it is not loaded")
+    return checkpoint
+
+
+def source_run(model: str) -> str:
+    """The run that logged the MLflow model ``model`` (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
+    ``models:/<model id>``, ``runs:/<run id>/<path>``), from the tracking store alone."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    scheme, _, rest = model.partition(":/")
+    if scheme == "runs" and rest.strip("/"):
+        return rest.strip("/").split("/")[0]
+    if scheme == "models" and "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        return client.get_model_version_by_alias(name, alias).run_id
+    if scheme == "models" and rest.count("/") == 1:
+        name, version = rest.split("/")
+        return client.get_model_version(name, version).run_id
+    if scheme == "models" and rest.startswith("m-"):
+        return client.get_logged_model(rest).source_run_id
+    raise UserError(f"--model {model}: neither a model.pt file nor an MLflow model URI (models:/<name>@<alias>, "
+                    "models:/<name>/<version>, runs:/<run id>/final)")
 
 
 def predict(data: Path, model: str) -> pd.DataFrame:

@@ -9,6 +9,7 @@ caching).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,14 @@ BATCH = 1000                # MLflow's limit of metrics per log_batch call
 SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "pyyaml", "scikit-learn", "scipy", "torch", "tqdm")   # what
                             # pipeline.serving imports with pipeline.models (evaluate, sequences, splits)
 BOOKKEEPING_TAGS = (*PROCESS_TAGS, REQUEST_TAG)   # only on RUNNING runs (see Tracker.end)
+
+
+CHECKPOINT_TAG = "model.sha256"   # on a run that logged a model: the SHA-256 of its model.pt
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def provenance() -> dict[str, str]:
@@ -193,7 +202,9 @@ class Tracker:
 
     def log_model(self, run_id: str, checkpoint: Path, example, name: str):
         """Log a ``model.pt`` as a pyfunc model (:mod:`pipeline.serving`) with its signature, inferred
-        from a packed numpy example batch."""
+        from a packed numpy example batch; the run records the checkpoint's SHA-256 (``model.sha256``), which
+        :func:`pipeline.predict.checkpoint_of` checks before loading anything of the model."""
+        retry(self.client.set_tag, run_id, CHECKPOINT_TAG, sha256(checkpoint))
         from importlib.metadata import version
 
         import torch

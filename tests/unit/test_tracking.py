@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -240,3 +241,77 @@ def test_an_experiment_rooted_in_a_dvc_workspace_is_refused(tmp_path, monkeypatc
     with pytest.raises(mlflow_store.TrackingStoreError, match=r"^MLflow experiment 'stale' keeps its artifacts in "
                                                               r".*\.dvc/tmp/.*rename the experiment"):
         tracking.Tracker("stale")
+
+
+PLANTED = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("the planted model's code ran")
+import mlflow
+
+
+class Planted(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+mlflow.models.set_model(Planted())
+'''
+
+
+def test_a_planted_model_or_a_swapped_checkpoint_is_refused_before_any_of_it_runs(tmp_path, monkeypatch):
+    """Anyone who can write to the tracking store can register a model under the project's name and point
+    @candidate at it, or replace a logged model.pt: predict refuses both in one line, and the planted
+    model's code (a pyfunc model is code, executed on load) never runs."""
+    import torch
+
+    from pipeline.datasets.seedv import SPEC
+    from pipeline.errors import UserError
+    from pipeline.models import save_checkpoint, serving_example
+    from pipeline.models.transformer import CrossModalTransformer
+    from pipeline.predict import checkpoint_of
+    from tests.conftest import make_params
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = make_params(model=dict(d_model=8, heads=2, layers=1, d_ff=8))
+    for name, seed in (("model.pt", 0), ("other.pt", 1)):
+        torch.manual_seed(seed)
+        model = CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, n_domains=2).eval()
+        save_checkpoint(tmp_path / name, model, params, SPEC, [1, 2], 2, None)
+    tracker = tracking.Tracker("t")
+    with tracker.run("final", "final") as genuine:
+        tracker.log_model(genuine, tmp_path / "model.pt", serving_example(2, 4, SPEC), name="final")
+    assert checkpoint_of(f"runs:/{genuine}/final").read_bytes() == (tmp_path / "model.pt").read_bytes()
+
+    marker, code = tmp_path / "ran.txt", tmp_path / "planted.py"
+    code.write_text(PLANTED.format(marker=str(marker)))
+
+    def plant(tags: dict, checkpoint: Path, alias: str) -> str:
+        with mlflow.start_run(experiment_id=tracker.experiment_id, tags=tags) as run:
+            info = mlflow.pyfunc.log_model(name="final", python_model=str(code),
+                                           artifacts={"checkpoint": str(checkpoint)})
+        version = mlflow.register_model(info.model_uri, "t")
+        tracker.client.set_registered_model_alias("t", alias, version.version)
+        return run.info.run_id
+
+    plant({}, tmp_path / "model.pt", "stranger")                  # the genuine weights, in a stranger's model
+    plant({"pipeline.role": "final", tracking.CHECKPOINT_TAG: tracking.sha256(tmp_path / "model.pt")},
+          tmp_path / "other.pt", "forged")                        # tags copied from a real run, other weights
+    marker.unlink(missing_ok=True)                                # whatever logging itself did
+    with pytest.raises(UserError, match=r"^--model models:/t@stranger: not a model logged by this pipeline's "
+                                        r"track stage \(its run has no model.sha256 tag\), so it is not loaded"):
+        checkpoint_of("models:/t@stranger")
+    with pytest.raises(UserError, match=r"^--model models:/t@forged: its model.pt is not the checkpoint its run "
+                                        r"\w+ logged \(SHA-256 differs"):
+        checkpoint_of("models:/t@forged")
+    assert not marker.exists()
+
+    # The genuine model's stored checkpoint replaced after logging.
+    (logged,) = [m for m in tracker.client.search_logged_models([tracker.experiment_id])
+                 if m.source_run_id == genuine]
+    stored = Path(logged.artifact_location.removeprefix("file://")) / "artifacts" / "model.pt"
+    stored.write_bytes((tmp_path / "other.pt").read_bytes())
+    with pytest.raises(UserError, match="SHA-256 differs"):
+        checkpoint_of(f"runs:/{genuine}/final")
+    with pytest.raises(UserError, match="neither a model.pt file nor an MLflow model URI"):
+        checkpoint_of("no/such/file.pt")
