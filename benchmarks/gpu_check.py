@@ -101,10 +101,11 @@ def main() -> int:
     rows += two_folds(cuda)
 
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'check':{width}s}  {'device':28s}  result  detail")
+    device_width = max(len(r[1]) for r in rows)
+    print(f"\n{'check':{width}s}  {'device':{device_width}s}  result  detail")
     for check, device, passed, detail in rows:
         verdict = "skip" if passed is None else "ok" if passed else "FAIL"
-        print(f"{check:{width}s}  {device[:28]:28s}  {verdict:6s}  {detail}")
+        print(f"{check:{width}s}  {device:{device_width}s}  {verdict:6s}  {detail}")
     return 0 if all(r[2] in (True, None) for r in rows) else 1
 
 
