@@ -21,6 +21,29 @@ def make_params(**sections):
     return from_dict({name: {**values, **sections.get(name, {})} for name, values in DEFAULT_PARAMS.items()})
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float = 120) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port`` (or ``seconds`` have passed)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(1)
+
+
 WINDOWS_PER_SUBJECT = sum(SPEC.trial_windows)             # 1823
 TABLE_COLUMNS = len(ID_COLUMNS) + len(SPEC.feature_columns)   # 348
 SMALL_MODEL = make_params(model=dict(d_model=16, heads=2, layers=1, d_ff=32, dropout=0.1)).model

@@ -314,7 +314,8 @@ def fit(data: FitData, params: Params, candidate: Candidate, rng: np.random.Gene
     epoch_steps = steps_per_epoch(len(lengths), params)
     total_steps = (schedule_epochs or epochs) * epoch_steps
     scheduler = lr_schedule(optimizer, total_steps, tp.warmup_steps)
-    alpha_values = [grl_alpha(s / max(total_steps - 1, 1)) for s in range(total_steps)]
+    alpha_values = [grl_alpha(s / max(total_steps - 1, 1))        # past the schedule's end (a refit told to
+                    for s in range(max(epochs * epoch_steps, total_steps))]   # run longer) the ramp goes on
     alphas = to_device(np.asarray(alpha_values, dtype=np.float32), device)
     batch_of = Batcher(trials, train_index, device)
     validation_batcher = Batcher(trials, validation_index, device) if len(validation_index) else None

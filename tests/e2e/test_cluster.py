@@ -1,21 +1,15 @@
 """The README's Ray cluster recipe, as a person runs it: `ray start --head` (token authentication on, as
 Ray 2.59+ does when a token exists), then `RAY_ADDRESS=<head> dvc repro`."""
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port, wait_for_port
+
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_train_stage_runs_through_a_hand_started_head_with_token_auth(project, tmp_path):
@@ -31,13 +25,7 @@ def test_the_train_stage_runs_through_a_hand_started_head_with_token_auth(projec
     head = subprocess.Popen([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                              "--block"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(1)
+        wait_for_port(port)
         joined = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
         # A wrong token: one line naming the fix, nothing trained.
         wrong = tmp_path / "wrong_token"

@@ -1,7 +1,6 @@
 """The final model: trained by `dvc repro`, promoted to an alias, served over HTTP, used on new files."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ import pytest
 
 from pipeline.datasets.seedv import EMOTIONS, SPEC
 from pipeline.models import serving_example
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_final_model_is_registered_served_and_predicts(project, tmp_path):

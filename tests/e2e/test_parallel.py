@@ -3,7 +3,6 @@
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import pytest
 
 from pipeline.datasets.seedv import SPEC
 from pipeline.models import serving_example
+from tests.conftest import free_port
 
 
 pytestmark = pytest.mark.e2e
@@ -94,12 +94,6 @@ def test_two_queued_experiments_in_parallel(project, tmp_path):
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/seedv-cross-modal@candidate")
     assert np.asarray(model.predict(serving_example(1, 12, SPEC))).shape == (1, 5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -10,16 +10,13 @@ from pipeline.datasets.seedv import SPEC
 from pipeline.models import resolve_device, transformer
 from pipeline.sequences import Batcher, Trials, precision, run_sequences, to_device
 from pipeline.train import fit_data, seed_everything
-from tests.conftest import make_params
+from tests.unit.test_device import tiny as device_params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.py)")
 
 
 def tiny(**train):
-    return make_params(data={"subjects": [1, 2, 3]}, cv={"split": "loso", "subjects": [1, 2, 3]},
-                       model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                       train={"epochs": 2, "batch_size": 16, "device": "cuda", "validation": 1, "patience": 0,
-                              "input_noise": 0.3, **train})
+    return device_params("cuda", **train)
 
 
 @pytest.fixture(scope="module")

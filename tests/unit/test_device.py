@@ -22,10 +22,10 @@ from pipeline.train import fit_data, seed_everything
 from tests.conftest import ROOT, make_params
 
 
-def tiny(**train):
+def tiny(device: str = "cpu", **train):
     return make_params(data={"subjects": [1, 2, 3]}, cv={"split": "loso", "subjects": [1, 2, 3]},
                        model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32},
-                       train={"epochs": 3, "batch_size": 16, "device": "cpu", "validation": 1, "patience": 0,
+                       train={"epochs": 3, "batch_size": 16, "device": device, "validation": 1, "patience": 0,
                               "input_noise": 0.3, **train})
 
 
@@ -236,3 +236,14 @@ def test_final_does_not_depend_on_the_seed_count_but_on_every_other_training_key
     assert train_keys - final == {"train.seeds"}
     assert "metrics/selections" in stages["final"]["deps"] and "metrics/folds" not in stages["final"]["deps"]
     assert "train.device" in stages["plots"]["params"]          # inference on the GPU moves the figures' digits
+
+
+def test_a_refit_told_to_run_past_its_schedule_still_trains(trials):
+    """params.yaml changed under a running pipeline (train.epochs 60 -> 2) leaves final a chosen epoch past
+    the schedule: it trains on (the ramp goes on past 1) and track then refuses its params, instead of an
+    IndexError from the precomputed GRL schedule."""
+    params = tiny(validation=0)
+    data = fit_data(trials, trials.keys()[trials.subjects != 3], (), "subject")
+    fitted = transformer.fit(data, params, transformer.candidates(params)[0], seed_everything(0, (1,)),
+                             torch.device("cpu"), 3, schedule_epochs=1)
+    assert len(fitted.curves) == 3 and fitted.curves[-1]["grl_alpha"] > fitted.curves[0]["grl_alpha"]

@@ -19,7 +19,7 @@ from pipeline.features import write_table
 from pipeline.folds import FoldFailed, run_folds, train_one
 from pipeline.sequences import Trials
 from pipeline.splits import make_folds
-from tests.conftest import ROOT, make_params
+from tests.conftest import ROOT, free_port, make_params, wait_for_port
 
 FOLDS = [1, 2, 3]   # the test subjects: one LOSO fold each (subject-1, subject-2, subject-3)
 FIELDS = ("eeg", "eye", "lengths", "labels", "subjects", "sessions", "trials")
@@ -183,13 +183,10 @@ def test_a_head_already_on_the_machine_is_not_joined_by_accident(tmp_path):
     """After `ray start --head` (the README's recipe for queued experiments) a plain `dvc repro` without
     RAY_ADDRESS died with "When connecting to an existing cluster, num_cpus and num_gpus must not be
     provided"; it now starts its own Ray, with the head running and after it has gone."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
                              "--num-cpus=1", "--include-dashboard=false", "--block"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -199,13 +196,7 @@ def test_a_head_already_on_the_machine_is_not_joined_by_accident(tmp_path):
              "print(ray.cluster_resources()['CPU'] >= 1, ray.get_runtime_context().gcs_address)\n"
              "ray.shutdown()\n")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(1)
+        wait_for_port(port)
         running = run_python(probe, tmp_path)
         assert running.returncode == 0, running.stderr[-2000:]
         own, address = running.stdout.split()
