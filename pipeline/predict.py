@@ -5,8 +5,8 @@
 DATA is a folder of the dataset the model was trained on (SEED-V: ``EEG_DE_features/`` and
 ``Eye_movement_features/``; SEED-IV: ``eeg_feature_smooth/`` and ``eye_feature_smooth/``; every subject
 found there) or one subject's file inside such a folder (``.../EEG_DE_features/3_123.npz``). The files go through the
-same safe reader as ``ingest`` and the same label-free normalization as training (each recording by its
-own statistics). MODEL is a ``model.pt`` checkpoint (e.g. ``data/final_model/model.pt``) or an MLflow
+same safe reader as ``ingest``, with the ``data.nan_policy`` the model was trained with, and the same
+label-free normalization as training (each recording by its own statistics). MODEL is a ``model.pt`` checkpoint (e.g. ``data/final_model/model.pt``) or an MLflow
 model URI (``models:/seedv-cross-modal@candidate``, ``runs:/<id>/final``). Writes one row per trial:
 subject, session, trial, predicted emotion, and the probability of each emotion (CSV, or Parquet when
 OUT ends in ``.parquet``). A bad file stops with one line and exit status 1. Labels in the files are
@@ -103,7 +103,8 @@ def predict(data: Path, model: str) -> pd.DataFrame:
         raise UserError(f"--model {model}: trained on {spec.name} data whose facts differ from this code's "
                         f"{spec.name} (classes, sessions, widths, ...) — retrain it with this version")
     root, subjects = dataset.subjects_in(data)
-    frame = pd.concat([recording_to_frame(r, spec) for r in dataset.read_dataset(root, subjects)], ignore_index=True)
+    recordings = dataset.read_dataset(root, subjects, settings["data"]["nan_policy"])   # as it was trained
+    frame = pd.concat([recording_to_frame(r, spec) for r in recordings], ignore_index=True)
     trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]), spec)   # as the model was trained
     device = resolve_device("auto")   # a GPU when this machine has one, as in training
     windows = predict_windows(net.to(device), trials, np.arange(len(trials.lengths)), settings["cv"]["input"],

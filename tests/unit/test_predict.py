@@ -123,3 +123,29 @@ def test_the_same_weights_give_the_same_bytes_whatever_the_file_is_called(checkp
     for name in (".model.pt.123-abcdef01.tmp.pt", ".model.pt.456-0123abcd.tmp.pt"):
         save_checkpoint(tmp_path / name, net, params, SPEC, [1, 2], 2, None)
     assert (tmp_path / ".model.pt.123-abcdef01.tmp.pt").read_bytes() == (tmp_path / ".model.pt.456-0123abcd.tmp.pt").read_bytes()
+
+
+def test_nan_values_follow_the_nan_policy_the_model_was_trained_with(dataset, tmp_path):
+    """A NaN in a new recording: refused in one line by a model trained with nan_policy error, imputed (as
+    ingest did for its training data) by one trained with impute."""
+    import numpy as np
+
+    from pipeline.errors import UserError
+    from tests.unit.test_seedv import dicts, rewrite
+
+    eeg = subject_file(dataset, "eeg", 1)
+    data, _ = dicts(eeg)
+    data[10] = data[10].copy()
+    data[10][2, 7] = np.nan
+    rewrite(eeg, data=data)
+    models = {}
+    for policy in ("error", "impute"):
+        params = make_params(model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32}, data={"nan_policy": policy})
+        models[policy] = tmp_path / f"{policy}.pt"
+        save_checkpoint(models[policy], CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, 2).eval(),
+                        params, SPEC, [1, 2], 2, None)
+    with pytest.raises(UserError, match=r"subject 1, trial 10: 1 NaN/Inf values — clean the file or set "
+                                        r"data.nan_policy: impute"):
+        predict.predict(dataset, str(models["error"]))
+    table = predict.predict(dataset, str(models["impute"]))
+    assert len(table) == 2 * N_TRIALS and table[[f"p_{e}" for e in EMOTIONS]].notna().all().all()
