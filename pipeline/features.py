@@ -35,7 +35,7 @@ def schema(spec: Spec) -> pa.Schema:
 def recording_to_frame(recording: SubjectRecording, spec: Spec) -> pd.DataFrame:
     """One subject's trials as rows of the feature table."""
     n = [len(x) for x in recording.eeg]
-    trial_index = np.repeat(np.arange(len(n)), n)
+    trial_index = np.repeat(np.arange(len(n)) if recording.trials is None else recording.trials, n)
     ids = {
         "subject": np.full(sum(n), recording.subject, dtype=np.int8),
         "session": (trial_index // spec.trials_per_session + 1).astype(np.int8),

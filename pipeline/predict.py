@@ -1,16 +1,20 @@
 """Predict the emotion of every trial of new recordings with a trained model.
 
     python -m pipeline.predict DATA --model MODEL [--out predictions.csv]
+    python -m pipeline.predict DATA --request request.json     # the same recordings as a request body
 
 DATA is a folder of the dataset the model was trained on (SEED-V: ``EEG_DE_features/`` and
 ``Eye_movement_features/``; SEED-IV: ``eeg_feature_smooth/`` and ``eye_feature_smooth/``; every subject
-found there) or one subject's file inside such a folder (``.../EEG_DE_features/3_123.npz``). The files go through the
-same safe reader as ``ingest``, with the ``data.nan_policy`` the model was trained with, and the same
-label-free normalization as training (each recording by its own statistics). MODEL is a ``model.pt`` checkpoint (e.g. ``data/final_model/model.pt``) or an MLflow
-model URI (``models:/seedv-cross-modal@candidate``, ``runs:/<id>/final``). Writes one row per trial:
-subject, session, trial, predicted emotion, and the probability of each emotion (CSV, or Parquet when
-OUT ends in ``.parquet``). A bad file stops with one line and exit status 1. Labels in the files are
-read (the format has them) but never used.
+found there) or one subject's file inside such a folder (``.../EEG_DE_features/3_123.npz``). A new
+recording may hold any of the dataset's trials and needs no labels (labels in the files are never read).
+The files go through the same safe reader as ``ingest``, with the ``data.nan_policy`` the model was
+trained with, and the same label-free normalization as training (each recording by its own statistics),
+in the code the served model runs (:func:`predict_table`). MODEL is a ``model.pt`` checkpoint (e.g.
+``data/final_model/model.pt``) or an MLflow model URI (``models:/seedv-cross-modal@candidate``,
+``runs:/<id>/final``). Writes one row per trial: subject, session, trial, predicted emotion, and the
+probability of each emotion (CSV, or Parquet when OUT ends in ``.parquet``). ``--request`` writes the
+recordings' table (raw units, the ingest schema) as the JSON body the served model takes instead. A bad
+file stops with one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
 from . import datasets
+from .datasets import MAX_SUBJECT, Spec, impute_trial
+from .errors import UserError
 from .evaluate import log_probability_columns, trial_predictions
 from .features import normalize, recording_to_frame
 from .files import atomic_path
@@ -88,56 +93,187 @@ def source_run(model: str) -> str:
                     "models:/<name>/<version>, runs:/<run id>/final)")
 
 
-def predict(data: Path, model: str) -> pd.DataFrame:
-    """One row per trial of the recordings at ``data``: predicted emotion and each class's probability."""
-    import torch
+# --- the recording table: what a user sends (pipeline.predict reads it from files, serving from a request) ---
 
-    from .models import load_checkpoint, resolve_device
+KEY_COLUMNS = ("subject", "session", "trial", "window")
+MAX_WINDOW = np.iinfo(np.int16).max   # the feature table stores window numbers as int16
+
+
+def table_columns(spec: Spec) -> dict[str, str]:
+    """The recording table's columns and MLflow types: the ingest schema in raw units (``label`` optional,
+    never used), numbered as the feature table numbers them (session 1.., trial 0.. within it, window 0..)."""
+    return {**{c: "long" for c in KEY_COLUMNS}, "label": "long", **{c: "double" for c in spec.feature_columns}}
+
+
+def example_table(spec: Spec, windows: int) -> pd.DataFrame:
+    """A valid recording table: one trial (subject 1, session 1, trial 0) of ``windows`` all-zero windows."""
+    keys = pd.DataFrame({"subject": 1, "session": 1, "trial": 0, "window": np.arange(windows)})
+    return pd.concat([keys, pd.DataFrame(0.0, index=keys.index, columns=list(spec.feature_columns))], axis=1)
+
+
+def shortest_trial(settings: dict, spec: Spec) -> int:
+    """Fewest windows a trial may have: one crop (``cv.crop_windows``), or the dataset's shortest trial when
+    crops are longer than it (training tiles such trials cyclically); 1 under whole-trial input."""
+    if settings["cv"]["input"] == "trial":
+        return 1
+    return min(settings["cv"]["crop_windows"], min(spec.trial_windows))
+
+
+def check_recording(table: pd.DataFrame, spec: Spec, nan_policy: str, shortest: int) -> pd.DataFrame:
+    """The feature-table rows of a recording table as a user sends it, checked: every column of ``spec``,
+    integral keys in range, each trial's windows 0..n-1 once and at least ``shortest`` of them, float32
+    features with NaN/Inf refused (``nan_policy: error``) or imputed per trial; labels become -1 (unknown).
+    Anything else is one UserError line naming the first subject/session/trial concerned."""
+    where = "recording table"
+    missing = [c for c in (*KEY_COLUMNS, *spec.feature_columns) if c not in table.columns]
+    foreign = [c for c in table.columns if str(c).startswith(("eeg_", "eye_")) and c not in spec.feature_columns]
+    if missing or foreign:
+        what = f"lacks {len(missing)} column(s) ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" \
+            if missing else f"has feature columns {spec.name} does not ({', '.join(map(str, foreign[:3]))})"
+        raise UserError(f"{where}: {what} — the model was trained on {spec.name}: send subject, session, trial, "
+                        f"window and its {spec.widths['eeg']} EEG and {spec.widths['eye']} eye columns "
+                        f"({spec.feature_columns[0]} .. {spec.feature_columns[-1]})")
+    if table.empty:
+        raise UserError(f"{where}: no rows — send at least one trial's windows")
+    limits = {"subject": (1, MAX_SUBJECT), "session": (1, spec.sessions), "trial": (0, spec.trials_per_session - 1),
+              "window": (0, MAX_WINDOW)}
+    keys = {}
+    for column, (low, high) in limits.items():
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+        bad = ~(np.isfinite(values) & (values == np.round(values)) & (values >= low) & (values <= high))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{where}: row {row}: {column} {' '.join(str(table[column].iloc[row]).split())[:40]} is "
+                            f"not an integer in {low}..{high} — number {column}s as the ingest schema does")
+        keys[column] = values.astype(np.int64)
+    frame = pd.DataFrame(keys)
+    try:
+        features = table[list(spec.feature_columns)].to_numpy(np.float64)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: a feature column holds values that are not numbers — send numbers") from None
+    frame = pd.concat([frame, pd.DataFrame(features, columns=list(spec.feature_columns))], axis=1)
+    frame = frame.sort_values(list(KEY_COLUMNS), kind="stable", ignore_index=True)
+
+    def trial_of(row: int) -> str:
+        subject, session, trial = frame.loc[row, ["subject", "session", "trial"]]
+        return f"{where}: subject {subject}, session {session}, trial {trial}"
+
+    if (repeated := frame.duplicated(list(KEY_COLUMNS))).any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise UserError(f"{trial_of(row)}: window {frame.loc[row, 'window']} given twice — send each window once")
+    trials = frame.groupby(["subject", "session", "trial"], sort=False)
+    starts = np.r_[0, np.cumsum(trials.size().to_numpy())[:-1]]
+    counts, last = trials.size().to_numpy(), trials["window"].max().to_numpy()
+    for k in np.flatnonzero(last != counts - 1)[:1]:
+        raise UserError(f"{trial_of(starts[k])}: windows are not 0..{counts[k] - 1} (the last is {last[k]}) — send "
+                        "every window of a trial, numbered from 0")
+    for k in np.flatnonzero(counts < shortest)[:1]:
+        raise UserError(f"{trial_of(starts[k])}: {counts[k]} window(s), fewer than the {shortest} of one model "
+                        "input — send the whole trial")
+    values = frame[list(spec.feature_columns)].to_numpy(np.float64)
+    if (too_large := np.abs(np.where(np.isfinite(values), values, 0.0)) > np.finfo(np.float32).max).any():
+        raise UserError(f"{trial_of(int(np.flatnonzero(too_large.any(1))[0]))}: values beyond the float32 range "
+                        "(|x| > 3.4e38) — send features in their own units (differential entropy, eye features)")
+    values = values.astype(np.float32)
+    if not (finite := np.isfinite(values)).all():
+        if nan_policy != "impute":
+            raise UserError(f"{trial_of(int(np.flatnonzero(~finite.all(1))[0]))}: {int((~finite).sum())} NaN/Inf "
+                            "values — clean the recording (this model was trained with data.nan_policy: error)")
+        for start, n in zip(starts, counts):
+            values[start:start + n] = impute_trial(values[start:start + n])
+    out = frame[list(KEY_COLUMNS)].astype({"subject": np.int8, "session": np.int8, "trial": np.int8,
+                                           "window": np.int16})
+    out["label"] = np.int8(-1)
+    return pd.concat([out, pd.DataFrame(values, columns=list(spec.feature_columns))], axis=1)
+
+
+def predict_table(network, checkpoint: dict, table: pd.DataFrame, device) -> pd.DataFrame:
+    """One row per trial of a recording table (see :func:`check_recording`): subject, session, trial, the
+    predicted emotion and each emotion's probability. Normalized inside, exactly as training did
+    (``normalize.scope`` of the checkpoint: each subject, or each session, by its own statistics over the
+    windows sent), with the checkpoint's ``data.nan_policy``. The one code path of ``pipeline.predict`` and
+    the served model."""
     from .sequences import Trials, predict_windows
 
-    checkpoint = checkpoint_of(model)
-    net, ckpt = load_checkpoint(checkpoint)
-    spec, settings = ckpt["spec"], ckpt["params"]
-    dataset = datasets.load(spec.name)
-    if dataset.SPEC != spec:
-        raise UserError(f"--model {model}: trained on {spec.name} data whose facts differ from this code's "
-                        f"{spec.name} (classes, sessions, widths, ...) — retrain it with this version")
-    root, subjects = dataset.subjects_in(data)
-    recordings = dataset.read_dataset(root, subjects, settings["data"]["nan_policy"])   # as it was trained
-    frame = pd.concat([recording_to_frame(r, spec) for r in recordings], ignore_index=True)
-    trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]), spec)   # as the model was trained
-    device = resolve_device("auto")   # a GPU when this machine has one, as in training
-    windows = predict_windows(net.to(device), trials, np.arange(len(trials.lengths)), settings["cv"]["input"],
+    spec, settings = checkpoint["spec"], checkpoint["params"]
+    frame = check_recording(table, spec, settings["data"]["nan_policy"], shortest_trial(settings, spec))
+    trials = Trials.from_frame(normalize(frame, settings["normalize"]["scope"]), spec)
+    windows = predict_windows(network.to(device), trials, np.arange(len(trials.lengths)), settings["cv"]["input"],
                               settings["cv"]["crop_windows"], device)
     trials = trial_predictions(windows)
     log_p = trials[log_probability_columns(spec.n_classes)].to_numpy()
     probs = np.exp(log_p - log_p.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    out = trials[["subject", "session", "trial"]].copy()
+    out = trials[["subject", "session", "trial"]].astype(np.int64)
     out["predicted"] = [spec.classes[c] for c in trials["predicted"]]
     for c, emotion in enumerate(spec.classes):
         out[f"p_{emotion}"] = probs[:, c]
     return out
 
 
+def read_recordings(data: Path, spec: Spec, nan_policy: str) -> pd.DataFrame:
+    """The recording table of the files at ``data`` (a dataset folder or one subject's file): every trial
+    found (any subset of the dataset's), labels not needed."""
+    dataset = datasets.load(spec.name)
+    root, subjects = dataset.subjects_in(data)
+    recordings = dataset.read_dataset(root, subjects, nan_policy, complete=False)
+    return pd.concat([recording_to_frame(r, spec) for r in recordings], ignore_index=True)
+
+
+def predict(data: Path, model: str) -> pd.DataFrame:
+    """One row per trial of the recordings at ``data``: predicted emotion and each class's probability."""
+    from .models import load_checkpoint, resolve_device
+
+    network, checkpoint = load_checkpoint(checkpoint_of(model))
+    spec = checkpoint["spec"]
+    if datasets.spec(spec.name) != spec:
+        raise UserError(f"--model {model}: trained on {spec.name} data whose facts differ from this code's "
+                        f"{spec.name} (classes, sessions, widths, ...) — retrain it with this version")
+    table = read_recordings(data, spec, checkpoint["params"]["data"]["nan_policy"])   # as it was trained
+    return predict_table(network, checkpoint, table, resolve_device("auto"))   # a GPU when there is one
+
+
+def request_json(table: pd.DataFrame) -> str:
+    """A recording table as the body of a request to the served model (MLflow's ``dataframe_split``), with
+    every float exactly as stored (pandas' own JSON writer rounds to 10 digits)."""
+    import json
+
+    columns = [c for c in table.columns if c != "label"]
+    return json.dumps({"dataframe_split": {"columns": columns, "data": table[columns].to_numpy(object).tolist()}})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n")[0],
                                      epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("data", type=Path, help="a dataset folder, or one subject's file in it")
-    parser.add_argument("--model", required=True, help="a model.pt checkpoint or an MLflow model URI")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="a model.pt checkpoint or an MLflow model URI")
+    what.add_argument("--request", type=Path, help="write the recordings as a request body (JSON) for the served "
+                                                   "model instead of predicting")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
+    parser.add_argument("--dataset", choices=datasets.DATASETS, default="seed-v", help="with --request: the layout "
+                        "of DATA (default seed-v)")
     args = parser.parse_args(argv)
-    if args.out.is_dir() or not args.out.parent.is_dir():
-        parser.error(f"--out {args.out}: " + ("a folder; name a file in it" if args.out.is_dir()
-                                                else "its folder does not exist"))
+    out = args.request or args.out
+    if out.is_dir() or not out.parent.is_dir():
+        parser.error(f"{out}: " + ("a folder; name a file in it" if out.is_dir() else "its folder does not exist"))
     try:
-        table = predict(args.data, args.model)
+        if args.request:
+            table = read_recordings(args.data, datasets.spec(args.dataset), "error")
+        else:
+            table = predict(args.data, args.model)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    with atomic_path(args.out) as tmp:
-        table.to_parquet(tmp, index=False) if args.out.suffix == ".parquet" else table.to_csv(tmp, index=False)
-    print(f"{len(table)} trials of {table['subject'].nunique()} subject(s) -> {args.out}")
+    with atomic_path(out) as tmp:
+        if args.request:
+            tmp.write_text(request_json(table))
+        elif out.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+    trials = table.groupby(["subject", "session", "trial"]).ngroups
+    print(f"{trials} trials of {table['subject'].nunique()} subject(s) -> {out}")
     return 0
 
 

@@ -200,26 +200,33 @@ class Tracker:
         for start in range(0, len(batch), BATCH):
             retry(self.client.log_batch, run_id, metrics=batch[start:start + BATCH])
 
-    def log_model(self, run_id: str, checkpoint: Path, example, name: str):
-        """Log a ``model.pt`` as a pyfunc model (:mod:`pipeline.serving`) with its signature, inferred
-        from a packed numpy example batch; the run records the checkpoint's SHA-256 (``model.sha256``), which
-        :func:`pipeline.predict.checkpoint_of` checks before loading anything of the model."""
+    def log_model(self, run_id: str, checkpoint: Path, name: str):
+        """Log a ``model.pt`` as a pyfunc model (:mod:`pipeline.serving`) whose signature names the recording
+        table's columns (``label`` optional) and the output's; the run records the checkpoint's SHA-256
+        (``model.sha256``), which :func:`pipeline.predict.checkpoint_of` checks before loading anything of the
+        model."""
         retry(self.client.set_tag, run_id, CHECKPOINT_TAG, sha256(checkpoint))
         from importlib.metadata import version
 
         import torch
-        from mlflow.models import infer_signature
+        from mlflow.models import ModelSignature, infer_signature
+        from mlflow.types import ColSpec, Schema
 
         from . import serving
-        from .models import PackedInput, load_checkpoint
+        from .models import load_checkpoint
+        from .predict import example_table, predict_table, shortest_trial, table_columns
 
+        network, ckpt = load_checkpoint(checkpoint)
+        example = example_table(ckpt["spec"], shortest_trial(ckpt["params"], ckpt["spec"]))
         with torch.no_grad():
-            network, ckpt = load_checkpoint(checkpoint)
-            output = PackedInput(network, ckpt["spec"])(torch.from_numpy(example)).numpy()
+            output = predict_table(network.eval(), ckpt, example, torch.device("cpu"))
+        inputs = Schema([ColSpec(kind, column, required=column != "label")
+                         for column, kind in table_columns(ckpt["spec"]).items()])
+        signature = ModelSignature(inputs, infer_signature(example, output).outputs)
         with self.mlflow.start_run(run_id=run_id, nested=True):
             return retry(self.mlflow.pyfunc.log_model, name=name, python_model=serving.__file__,
                          artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(Path(serving.__file__).parent)],
-                         signature=infer_signature(example, output), input_example=example,
+                         signature=signature, input_example=example,
                          pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in SERVING_PACKAGES])
 
     def register(self, run_id: str, name: str):

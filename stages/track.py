@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.files import write_json
-from pipeline.models import check_trained_with, serving_example
+from pipeline.models import check_trained_with
 from pipeline.promote import ALIAS
 from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import folds as make_folds
@@ -73,7 +73,6 @@ if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # plain log lines
     start, flat, tags = time.monotonic(), p.flat(), provenance()
     folds = {f.name: json.loads((args.fold_metrics / f"{f.name}.json").read_text()) for f in every_fold}
-    example = serving_example(2, p.cv.crop_windows, spec(p))   # batch 2: the signature is not specialized to one
     name, runs = parent_name(flat, tags["git.commit"]), []
     final = json.loads((args.final_model / "final.json").read_text())
     devices = sorted({fold["device"]["name"] for fold in folds.values()} | {final["device"]["name"]})
@@ -94,7 +93,7 @@ if __name__ == "__main__":
         with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]},
                          {**tags, **device_tags(final["device"])}, parent=parent) as run:
             tracker.log_metrics(run, {f"final/{k}": v for k, v in final.items() if type(v) in (int, float)})
-            tracker.log_model(run, args.final_model / "model.pt", example, name="final")
+            tracker.log_model(run, args.final_model / "model.pt", name="final")
         runs.append("final")
 
         summary = json.loads((args.metrics / "metrics.json").read_text())

@@ -5,7 +5,8 @@ params.yaml names it; :func:`load` gives the module), never from a constant it i
 provides::
 
     SPEC: Spec
-    read_dataset(root, subjects, nan_policy) -> Iterator[SubjectRecording]   # validated, one-line errors
+    read_dataset(root, subjects, nan_policy, complete=True) -> Iterator[SubjectRecording]   # validated,
+                                   # one-line errors; complete=False: new recordings, any trials, no labels
     write_subject(root, recording) -> None                                     # the exact on-disk layout
     subjects_in(path) -> tuple[Path, list[int]]   # (dataset root, subjects) of a folder or one file in it
     EYE_GROUPS                                     # eye feature groups, for the synthetic generator
@@ -114,12 +115,14 @@ class Spec:
 @dataclass
 class SubjectRecording:
     """One subject's trials, session-major: per trial EEG (n, widths['eeg']), eye (n, widths['eye']) float32
-    arrays and its label."""
+    arrays and its label (-1: unknown). ``trials``: the trial index of each, when a new recording holds only
+    some of the dataset's trials (None: all of them, in order)."""
 
     subject: int
     eeg: list[np.ndarray]
     eye: list[np.ndarray]
     labels: list[int]
+    trials: list[int] | None = None
 
 
 class DataFormatError(UserError, ValueError):

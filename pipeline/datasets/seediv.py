@@ -405,17 +405,28 @@ class _File:
         return array
 
 
-def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> SubjectRecording:
+def _sessions_of(root: Path, subject: int) -> list[int]:
+    """The sessions that have an EEG file of ``subject``."""
+    return [session for session in range(1, len(SESSION_LABELS) + 1)
+            if files_by_subject(root / MODALITIES["eeg"][0] / str(session)).get(subject)]
+
+
+def read_subject(root: Path | str, subject: int, nan_policy: str = "error", complete: bool = True
+                 ) -> SubjectRecording:
     """Read and validate one subject's 6 files (EEG and eye, 3 sessions): 72 trials, session-major.
 
     ``nan_policy``: ``error`` refuses NaN/Inf; ``impute`` fills them with :func:`impute_trial`.
+    ``complete`` False (new recordings, for prediction): the sessions that have an EEG file (each file
+    whole: its 24 trials), and no labels (every label is -1).
     """
     root = Path(root)
     if not 1 <= subject <= MAX_SUBJECT:
         raise format_error(root / MODALITIES["eeg"][0], subject, f"subject number outside 1..{MAX_SUBJECT}",
                            "number the subjects from 1")
-    eeg, eye = [], []
-    for session in range(1, len(SESSION_LABELS) + 1):
+    sessions = range(1, len(SESSION_LABELS) + 1) if complete else _sessions_of(root, subject) or [1]
+    eeg, eye, trials = [], [], []
+    for session in sessions:
+        trials += range((session - 1) * TRIALS_PER_SESSION, session * TRIALS_PER_SESSION)
         files = {m: _File(_find_file(root, m, subject, session), m, subject, session) for m in MODALITIES}
         for trial, (n_eeg, n_eye) in enumerate(zip(files["eeg"].windows, files["eye"].windows), 1):
             if n_eeg != n_eye:   # from the headers, before either file is loaded
@@ -423,21 +434,25 @@ def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> S
                                          "both modalities must cover the same windows", trial)
         eeg += files["eeg"].load(nan_policy)
         eye += files["eye"].load(nan_policy)
-    return SubjectRecording(subject, eeg, eye, list(SPEC.trial_labels))
+    if complete:
+        return SubjectRecording(subject, eeg, eye, list(SPEC.trial_labels))
+    return SubjectRecording(subject, eeg, eye, [-1] * len(eeg), trials)
 
 
-def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "error") -> Iterator[SubjectRecording]:
+def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "error", complete: bool = True
+                 ) -> Iterator[SubjectRecording]:
     """Read ``subjects`` one by one with :func:`read_subject`; refuses a session file (either modality)
     whose numbers are identical to an earlier subject's or session's, which would put a test subject's
     data into training under another name (or one session's data under another session's labels)."""
     root = Path(root)
     seen: dict[tuple[str, str], tuple[int, int, Path]] = {}
     for subject in subjects:
-        recording = read_subject(root, subject, nan_policy)
+        recording = read_subject(root, subject, nan_policy, complete)
+        sessions = [SPEC.session_of(t) for t in recording.trials or range(len(recording.eeg))]
         for modality, trials in (("eeg", recording.eeg), ("eye", recording.eye)):
-            for session in range(1, len(SESSION_LABELS) + 1):
+            for session in sorted(set(sessions)):
                 digest = hashlib.sha256()
-                for trial in trials[(session - 1) * TRIALS_PER_SESSION:session * TRIALS_PER_SESSION]:
+                for trial in (x for x, k in zip(trials, sessions) if k == session):
                     digest.update(np.asarray(trial.shape, dtype=np.int64).tobytes() + trial.tobytes())
                 path = _find_file(root, modality, subject, session)
                 if (key := (modality, digest.hexdigest())) in seen:
@@ -480,7 +495,7 @@ def write_subject(root: Path | str, recording: SubjectRecording) -> None:
 
 
 def subjects_in(path: Path | str) -> tuple[Path, list[int]]:
-    """(SEED-IV root, subjects) for a SEED-IV folder (the subjects of ``eeg_feature_smooth/1``) or for one
+    """(SEED-IV root, subjects) for a SEED-IV folder (the subjects of ``eeg_feature_smooth/<session>``) or for one
     subject's file in it (``.../eeg_feature_smooth/2/3_20160102.mat``)."""
     path = Path(path)
     folders = {folder for folder, *_ in MODALITIES.values()}
@@ -494,7 +509,8 @@ def subjects_in(path: Path | str) -> tuple[Path, list[int]]:
         what = "not a regular file or folder" if path.exists() else "no such file or folder"
         raise UserError(f"{path}: {what} — point at a SEED-IV folder or one subject's file in it")
     eeg = path / MODALITIES["eeg"][0] / "1"
-    subjects = sorted(files_by_subject(eeg))
+    subjects = sorted({s for k in range(1, len(SESSION_LABELS) + 1)
+                       for s in files_by_subject(path / MODALITIES["eeg"][0] / str(k))})
     if not subjects:
         raise UserError(f"{path}: no SEED-IV subject files in {eeg} — point at a SEED-IV folder "
                         "(eeg_feature_smooth/<session>/<subject>_<date>.mat) or one file in it")

@@ -354,8 +354,9 @@ def _read_npz_member(zf: zipfile.ZipFile, key: str):
 # --- reading and validation -------------------------------------------------------------------------
 
 
-def _load_trial_dicts(path: Path, subject: int) -> tuple[dict, dict]:
-    """The ``data`` and ``label`` dicts of one npz file, safely unpickled within the limits."""
+def _load_trial_dicts(path: Path, subject: int, labelled: bool = True) -> tuple[dict, dict]:
+    """The ``data`` and ``label`` dicts of one npz file, safely unpickled within the limits (``labelled``
+    False: ``label`` may be absent, and is then an empty dict)."""
     if path.exists() and not path.is_file():     # never opened: a pipe or a device would block or never end
         raise format_error(path, subject, "not a regular file (a directory, pipe or device)",
                            "put the subject's .npz file here")
@@ -370,11 +371,11 @@ def _load_trial_dicts(path: Path, subject: int) -> tuple[dict, dict]:
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
-            for key in ("data", "label"):
+            for key in ("data", "label") if labelled else ("data",):
                 if f"{key}.npy" not in names:
                     raise format_error(path, subject, f"key '{key}' missing",
                                        "the npz must hold 'data' and 'label' as in SEED-V")
-            for key in ("data", "label"):
+            for key in [k for k in ("data", "label") if f"{k}.npy" in names]:
                 members[key] = _read_npz_member(zf, key)
                 if isinstance(members[key], bytes):
                     try:
@@ -402,7 +403,7 @@ def _load_trial_dicts(path: Path, subject: int) -> tuple[dict, dict]:
         if not isinstance(member, dict):
             raise format_error(path, subject, f"'{key}' is a {type(member).__name__}, not a dict of trials",
                                "store a pickled dict trial -> array as SEED-V does")
-    return members["data"], members["label"]
+    return members["data"], members.get("label", {})
 
 
 def _trial_number(key) -> int | None:
@@ -418,7 +419,8 @@ def _trial_number(key) -> int | None:
     return None
 
 
-def _trial_keys(path: Path, subject: int, key: str, trials: dict) -> dict[int, object]:
+def _trial_keys(path: Path, subject: int, key: str, trials: dict, complete: bool = True) -> dict[int, object]:
+    """``trials`` keyed by int trial numbers: all of 0..44, or (``complete`` False) any of them, at least one."""
     by_int = {}
     for k, value in trials.items():
         number = _trial_number(k)
@@ -427,13 +429,18 @@ def _trial_keys(path: Path, subject: int, key: str, trials: dict) -> dict[int, o
             raise format_error(path, subject, f"'{key}' has a trial key {shown} that is not an integer",
                                "trial keys must be the integers 0..44")
         by_int[number] = value
+    if not complete and by_int and set(by_int) <= set(range(N_TRIALS)) and len(by_int) == len(trials):
+        return dict(sorted(by_int.items()))   # trial order, whatever the file's
     if set(by_int) != set(range(N_TRIALS)) or len(by_int) != len(trials):
         missing = sorted(set(range(N_TRIALS)) - set(by_int))
         extra = sorted(set(by_int) - set(range(N_TRIALS)))[:10]
         duplicated = " (some trials given twice)" if len(by_int) != len(trials) else ""
+        if not complete:
+            raise format_error(path, subject, f"'{key}' trial set is not a part of 0..44 (extra {extra})"
+                               f"{duplicated}", "trial keys are the integers 0..44, at least one")
         raise format_error(path, subject, f"'{key}' trial set is not 0..44 (missing {missing}, extra {extra})"
                            f"{duplicated}", "every subject file must hold all 45 trials")
-    return by_int
+    return dict(sorted(by_int.items()))   # trial order, whatever the file's
 
 
 def _nested_shape(value, memo: dict, depth: int = 0) -> tuple[int, ...] | None:
@@ -511,10 +518,13 @@ def _trial_label(path, subject, trial, value, n_windows: int, memo: dict) -> int
     return int(label)
 
 
-def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> SubjectRecording:
+def read_subject(root: Path | str, subject: int, nan_policy: str = "error", complete: bool = True
+                 ) -> SubjectRecording:
     """Read and validate one subject's EEG and eye files.
 
     ``nan_policy``: ``error`` refuses NaN/Inf; ``impute`` fills them with :func:`impute_trial`.
+    ``complete`` False (new recordings, for prediction): any of the 45 trials (the same in both files), and
+    labels are neither needed nor read (every label is -1).
     """
     if not 1 <= subject <= MAX_SUBJECT:
         raise format_error(subject_file(root, "eeg", subject), subject, f"subject number outside 1..{MAX_SUBJECT}",
@@ -522,17 +532,17 @@ def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> S
     modalities = {}
     for modality, (_, width) in MODALITIES.items():
         path = subject_file(root, modality, subject)
-        data, label = _load_trial_dicts(path, subject)
-        data = _trial_keys(path, subject, "data", data)
-        label = _trial_keys(path, subject, "label", label)
+        data, label = _load_trial_dicts(path, subject, labelled=complete)
+        data = _trial_keys(path, subject, "data", data, complete)
+        label = _trial_keys(path, subject, "label", label) if complete else {}
         memo = {}
-        shapes = [_shape(path, subject, trial, "data", data[trial], memo) for trial in range(N_TRIALS)]
-        windows = sum(shape[0] for shape in shapes if shape)
+        shapes = {trial: _shape(path, subject, trial, "data", value, memo) for trial, value in data.items()}
+        windows = sum(shape[0] for shape in shapes.values() if shape)
         if windows > MAX_WINDOWS_PER_FILE:   # checked before any trial is converted
-            raise format_error(path, subject, f"{windows} windows in its 45 trials, over the limit of "
+            raise format_error(path, subject, f"{windows} windows in its {len(data)} trials, over the limit of "
                                f"MAX_WINDOWS_PER_FILE = {MAX_WINDOWS_PER_FILE}", "check that this is the right file")
         arrays, labels = [], []
-        for trial in range(N_TRIALS):
+        for trial in data:
             array = _as_float_matrix(path, subject, trial, data[trial], shapes[trial], width)
             if not np.isfinite(array).all():
                 if nan_policy != "impute":
@@ -541,22 +551,28 @@ def read_subject(root: Path | str, subject: int, nan_policy: str = "error") -> S
                                        "clean the file or set data.nan_policy: impute", trial)
                 array = impute_trial(array)
             arrays.append(array)
-            labels.append(_trial_label(path, subject, trial, label[trial], len(array), memo))
-        modalities[modality] = (path, arrays, labels)
+            labels.append(_trial_label(path, subject, trial, label[trial], len(array), memo) if complete else -1)
+        modalities[modality] = (path, list(data), arrays, labels)
 
-    (eeg_path, eeg, eeg_labels), (eye_path, eye, eye_labels) = modalities["eeg"], modalities["eye"]
-    for trial in range(N_TRIALS):
+    (eeg_path, trials, eeg, eeg_labels), (eye_path, eye_trials, eye, eye_labels) = (modalities["eeg"],
+                                                                                    modalities["eye"])
+    if eye_trials != trials:
+        differ = sorted(set(trials) ^ set(eye_trials))[:10]
+        raise format_error(eye_path, subject, f"trials {differ} are in one of {eeg_path.name} and this file only",
+                           "both modalities must hold the same trials")
+    for trial in range(len(trials)):
         if len(eeg[trial]) != len(eye[trial]):
             raise format_error(eye_path, subject, f"{len(eye[trial])} eye windows but {len(eeg[trial])} "
                                f"EEG windows in {eeg_path}", "both modalities must cover the same windows",
-                               trial)
+                               trials[trial])
         if eeg_labels[trial] != eye_labels[trial]:
             raise format_error(eye_path, subject, f"label {eye_labels[trial]} differs from the EEG label "
-                               f"{eeg_labels[trial]} in {eeg_path}", "both modalities must agree", trial)
-    return SubjectRecording(subject, eeg, eye, eeg_labels)
+                               f"{eeg_labels[trial]} in {eeg_path}", "both modalities must agree", trials[trial])
+    return SubjectRecording(subject, eeg, eye, eeg_labels, None if complete else trials)
 
 
-def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "error") -> Iterator[SubjectRecording]:
+def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "error", complete: bool = True
+                 ) -> Iterator[SubjectRecording]:
     """Read ``subjects`` one by one with :func:`read_subject`, after checking that each has exactly one
     file per modality; refuses a recording (either modality) identical to an earlier subject's, which
     would put a test subject's data into training under another subject's name."""
@@ -574,7 +590,7 @@ def read_dataset(root: Path | str, subjects: Iterable[int], nan_policy: str = "e
                                    f"rename it {canonical.name}")
     seen: dict[tuple[str, str], tuple[int, Path]] = {}
     for subject in subjects:
-        recording = read_subject(root, subject, nan_policy)
+        recording = read_subject(root, subject, nan_policy, complete)
         for modality, trials in (("eeg", recording.eeg), ("eye", recording.eye)):
             digest = hashlib.sha256()
             for trial in trials:

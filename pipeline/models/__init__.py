@@ -12,8 +12,8 @@ The fitted network is an ``nn.Module`` whose forward takes ``eeg (B, L, F_eeg), 
 valid (B, L)`` (``L`` windows of one sequence: a crop or a whole trial; ``valid`` False on padding) and
 returns :class:`Output` with ``logits (B, C)`` for the sequence. Everything else is shared and never
 knows which model it runs: folds and inner validation (:mod:`pipeline.train`), per-window predictions
-(:mod:`pipeline.sequences`), checkpoints (:func:`save_checkpoint`), MLflow logging and serving
-(:class:`PackedInput`), prediction on new files and the figures (those that need attention maps or
+(:mod:`pipeline.sequences`), checkpoints (:func:`save_checkpoint`), MLflow logging, serving and
+prediction on recording tables (:func:`pipeline.predict.predict_table`), prediction on new files and the figures (those that need attention maps or
 feature-importance weights ask for ``details`` and draw what the model returns).
 """
 
@@ -158,34 +158,6 @@ def check_finite(model: nn.Module, step_losses: torch.Tensor, first_step: int, e
             else f"the weights became non-finite by step {first_step + len(step_losses) - 1}")
     raise TrainingDiverged(f"{label}: {what} (epoch {epoch}): the training diverged, so nothing of it is scored "
                            f"or written — lower train.lr (now {tp.lr:g}) or train.grad_clip (now {tp.grad_clip:g})")
-
-
-# --- serving: one tensor in, probabilities out -------------------------------------------------------
-
-
-def serving_width(spec: Spec) -> int:
-    """The serving input's channels: EEG features, eye features, then the valid-window mask (1 real, 0
-    padding) as the last channel."""
-    return spec.widths["eeg"] + spec.widths["eye"] + 1
-
-
-def serving_example(batch: int, length: int, spec: Spec) -> np.ndarray:
-    """A valid all-zero serving input (B, L, serving_width(spec)): every window marked real."""
-    example = np.zeros((batch, length, serving_width(spec)), dtype=np.float32)
-    example[..., -1] = 1.0
-    return example
-
-
-class PackedInput(nn.Module):
-    """One-tensor wrapper for serving (MLflow pyfunc): x (B, L, serving_width) -> probabilities (B, C)."""
-
-    def __init__(self, model: nn.Module, spec: Spec):
-        super().__init__()
-        self.model, self.n_eeg = model, spec.widths["eeg"]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eeg, eye, valid = x[..., :self.n_eeg], x[..., self.n_eeg:-1], x[..., -1] > 0.5
-        return torch.softmax(self.model(eeg, eye, valid).logits, dim=-1)
 
 
 # --- checkpoint format (model.pt) ---------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import json
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -11,14 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.datasets.seedv import EMOTIONS, SPEC
-from pipeline.models import serving_example
-from tests.conftest import free_port
+from pipeline import predict
+from pipeline.datasets.seedv import EMOTIONS
+from pipeline.evaluate import log_probability_columns, trial_predictions
+from pipeline.tracking import Tracker
+from tests.conftest import free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
 
-def test_final_model_is_registered_served_and_predicts(project, tmp_path):
+def post(port: int, body: str) -> dict:
+    """The served model's answer to a JSON request."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=60).read())
+
+
+def test_final_model_is_registered_served_and_predicts(project, tmp_path, monkeypatch):
     project.make_tiny()
     project.run("dvc", "repro")
     assert (project.path / "data/final_model/model.pt").is_file()
@@ -34,26 +43,38 @@ def test_final_model_is_registered_served_and_predicts(project, tmp_path):
     assert final_run.info.run_name == "final" and final_run.info.status == "FINISHED"
     assert final_run.data.tags["pipeline.role"] == "final"
 
+    # A fold's model served: subject 2's raw features as ingested (labels and all) in, its fold's trial
+    # predictions out, exactly; an input that cannot be right is a 400 with one line.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.env["MLFLOW_TRACKING_URI"])
+    (fold_run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'fold subject-2'")
+    Tracker("seedv-cross-modal").log_model(fold_run.info.run_id, project.path / fold_run.data.tags["model.path"],
+                                           name="fold")
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                               "models:/seedv-cross-modal@candidate", "--env-manager", "local", "-p", str(port),
-                               "-h", "127.0.0.1"], cwd=project.path, env=project.env,
+                               f"runs:/{fold_run.info.run_id}/fold", "--env-manager", "local", "-p", str(port),
+                               "-h", "127.0.0.1"], cwd=project.path,
+                              env={**project.env, "OMP_NUM_THREADS": "1"},   # the fold's torch threads: same bits
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ingested = pd.read_parquet(project.path / "data/interim/features.parquet")
+    recording = ingested[ingested.subject == 2]
     try:
-        request = serving_example(1, 12, SPEC)
-        request[0, :, :-1] = np.random.default_rng(0).normal(size=request.shape[2] - 1)  # one SEED-V crop
-        body = json.dumps({"inputs": request.tolist()}).encode()
-        deadline, answer = time.monotonic() + 120, None
-        while answer is None and time.monotonic() < deadline and server.poll() is None:
-            try:
-                post = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                              headers={"Content-Type": "application/json"})
-                answer = json.loads(urllib.request.urlopen(post, timeout=10).read())
-            except OSError:
-                time.sleep(1)
-        assert answer is not None, server.stderr.read() if server.poll() is not None else "server did not answer"
-        probabilities = np.asarray(answer["predictions"])
-        assert probabilities.shape == (1, len(EMOTIONS)) and abs(probabilities.sum() - 1) < 1e-5
+        wait_for_port(port)
+        assert server.poll() is None, server.stderr.read()
+        served = pd.DataFrame(post(port, predict.request_json(recording))["predictions"])
+        fold = trial_predictions(pd.read_parquet(project.path / "data/predictions/subject-2.parquet"))
+        assert served[["session", "trial"]].to_numpy().tolist() == fold[["session", "trial"]].to_numpy().tolist()
+        assert served["predicted"].tolist() == [EMOTIONS[c] for c in fold["predicted"]]
+        log_p = fold[log_probability_columns(len(EMOTIONS))].to_numpy()
+        probabilities = np.exp(log_p - log_p.max(1, keepdims=True))
+        np.testing.assert_array_equal(served[[f"p_{e}" for e in EMOTIONS]].to_numpy(),
+                                      probabilities / probabilities.sum(1, keepdims=True))
+        short = recording[(recording.session == 1) & (recording.trial == 0) & (recording.window < 5)]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(port, predict.request_json(short))
+        message = json.loads(refused.value.read())["message"]
+        assert refused.value.code == 400 and message.endswith(
+            "recording table: subject 2, session 1, trial 0: 5 window(s), fewer than the 12 of one model input "
+            "— send the whole trial"), message
     finally:
         server.terminate()
         server.wait(timeout=30)

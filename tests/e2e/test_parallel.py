@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.datasets.seedv import SPEC
-from pipeline.models import serving_example
+from pipeline.predict import example_table
 from tests.conftest import free_port
 
 
@@ -93,7 +93,7 @@ def test_two_queued_experiments_in_parallel(project, tmp_path):
     project.run(sys.executable, "-m", "pipeline.promote", longer.info.run_id, "--reason", "the 3-epoch one")
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/seedv-cross-modal@candidate")
-    assert np.asarray(model.predict(serving_example(1, 12, SPEC))).shape == (1, 5)
+    assert model.predict(example_table(SPEC, 12)).shape == (1, 4 + SPEC.n_classes)   # one trial
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import torch
 from pipeline import models
 from pipeline.datasets.seedv import SPEC
 from pipeline.evaluate import subject_metrics
-from pipeline.models import PackedInput, load_checkpoint, save_checkpoint, serving_example
+from pipeline.models import load_checkpoint, save_checkpoint
+from pipeline.predict import example_table, predict_table
 from pipeline.sequences import Trials, predict_windows
 from pipeline.splits import make_folds
 from pipeline.train import train_fold
@@ -51,8 +52,9 @@ def test_checkpoint_and_serving_give_the_trained_predictions(trials, name, tmp_p
     index = np.flatnonzero(fold.mask("test", trials))
     again = predict_windows(loaded, trials, index, p.cv.input, p.cv.crop_windows)
     assert again.equals(result.predictions) and ckpt["spec"] == SPEC and ckpt["fold"] == "subject-1"
-    served = PackedInput(loaded, SPEC)(torch.from_numpy(serving_example(2, 12, SPEC)))
-    assert served.shape == (2, SPEC.n_classes) and torch.allclose(served.sum(1), torch.ones(2))
+    served = predict_table(loaded, ckpt, example_table(SPEC, 12), torch.device("cpu"))
+    probabilities = served[[f"p_{e}" for e in SPEC.classes]].to_numpy()
+    assert served.shape == (1, 4 + SPEC.n_classes) and abs(probabilities.sum() - 1) < 1e-6
 
 
 @pytest.mark.parametrize("name,split", [("svm", "subject-dependent"), ("dcca", "loso-unseen-clips"),

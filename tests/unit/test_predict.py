@@ -149,3 +149,126 @@ def test_nan_values_follow_the_nan_policy_the_model_was_trained_with(dataset, tm
         predict.predict(dataset, str(models["error"]))
     table = predict.predict(dataset, str(models["impute"]))
     assert len(table) == 2 * N_TRIALS and table[[f"p_{e}" for e in EMOTIONS]].notna().all().all()
+
+
+# --- the recording table: one code path for predict and the served model ---------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_fold(tmp_path_factory):
+    """A fold (subject 1 held out) trained on the normalized table of three raw synthetic subjects: (raw
+    feature table as ingested, its fold's trial predictions, the checkpoint)."""
+    from pipeline.evaluate import trial_predictions
+    from pipeline.features import normalize, recording_to_frame
+    from pipeline.sequences import Trials
+    from pipeline.splits import make_folds
+    from pipeline.synthetic import generate_subject
+    from pipeline.train import train_fold
+
+    raw = pd.concat([recording_to_frame(generate_subject(0, s), SPEC) for s in (1, 2, 3)], ignore_index=True)
+    params = make_params(data={"subjects": [1, 2, 3]}, cv={"subjects": [1]}, train={"epochs": 2, "validation": 1},
+                         model={"d_model": 16, "heads": 2, "layers": 1, "d_ff": 32})
+    fold = make_folds(SPEC, params)[0]
+    result = train_fold(Trials.from_frame(normalize(raw, "subject"), SPEC), fold, params)
+    path = tmp_path_factory.mktemp("fold") / "model.pt"
+    save_checkpoint(path, result.model, params, SPEC, result.train_subjects, result.n_domains, fold.name)
+    return raw, trial_predictions(result.predictions), path
+
+
+def probabilities(trials: pd.DataFrame):
+    import numpy as np
+
+    from pipeline.evaluate import log_probability_columns
+
+    log_p = trials[log_probability_columns(SPEC.n_classes)].to_numpy()
+    p = np.exp(log_p - log_p.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def test_raw_features_of_a_held_out_subject_give_exactly_the_folds_predictions(trained_fold):
+    """The served code path normalizes inside: subject 1's raw rows (labels dropped) give its fold's trial
+    predictions bit for bit. The old contract (features straight into the network) gives others."""
+    import numpy as np
+
+    from pipeline.models import load_checkpoint
+    from pipeline.sequences import Trials, predict_windows
+
+    raw, expected, path = trained_fold
+    network, ckpt = load_checkpoint(path)
+    table = raw[raw.subject == 1].drop(columns="label").sample(frac=1, random_state=0)   # any row order
+    got = predict.predict_table(network.eval(), ckpt, table, torch.device("cpu"))
+    assert got[["subject", "session", "trial"]].to_numpy().tolist() == \
+        expected[["subject", "session", "trial"]].to_numpy().tolist()
+    assert got["predicted"].tolist() == [EMOTIONS[c] for c in expected["predicted"]]
+    np.testing.assert_array_equal(got[[f"p_{e}" for e in EMOTIONS]].to_numpy(), probabilities(expected))
+
+    trials = Trials.from_frame(raw[raw.subject == 1], SPEC)                   # un-normalized, as before
+    old = predict_windows(network, trials, np.arange(len(trials.lengths)), "crop", 12)
+    from pipeline.evaluate import trial_predictions
+
+    assert np.abs(probabilities(trial_predictions(old)) - probabilities(expected)).max() > 0.05
+
+
+def test_an_unlabelled_recording_of_10_trials_is_predicted(trained_fold, dataset, tmp_path):
+    """A new recording: 10 of the 45 trials, no 'label' in either file."""
+    import numpy as np
+
+    from tests.unit.test_seedv import dicts
+
+    _, _, path = trained_fold
+    kept = [0, 3, 7, 14, 15, 22, 30, 31, 40, 44]
+    for modality in ("eeg", "eye"):
+        file = subject_file(dataset, modality, 2)
+        data, _ = dicts(file)
+        with open(file, "wb") as fh:
+            import pickle
+
+            np.savez(fh, data=pickle.dumps({str(t): data[t] for t in kept}))   # string keys, as other writers do
+    table = predict.predict(subject_file(dataset, "eeg", 2), str(path))
+    assert [(s - 1) * 15 + t for s, t in zip(table["session"], table["trial"])] == kept
+    assert table["subject"].eq(2).all() and table[[f"p_{e}" for e in EMOTIONS]].sum(axis=1).round(5).eq(1).all()
+    full = predict.predict(subject_file(dataset, "eeg", 1), str(path))      # subject 1 whole, for comparison
+    assert len(full) == N_TRIALS
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.drop(columns=["eye_32"]), r"lacks 1 column\(s\) \(eye_32\) — the model was trained on seed-v"),
+    (lambda t: t.assign(eye_33=0.0), r"has feature columns seed-v does not \(eye_33\)"),
+    (lambda t: t.assign(trial=t.trial.where(t.index != t.index[5], 15)), r"row 5: trial 15 is not an integer in 0..14"),
+    (lambda t: t.assign(session=1.5), r"row 0: session 1.5 is not an integer in 1..3"),
+    (lambda t: t.drop(index=t.index[3]), r"subject 1, session 1, trial 0: windows are not 0..\d+ \(the last is"),
+    (lambda t: pd.concat([t, t.iloc[[2]]]), r"subject 1, session 1, trial 0: window 2 given twice"),
+    (lambda t: t[t.window < 5], r"subject 1, session 1, trial 0: 5 window\(s\), fewer than the 12 of one model input"),
+    (lambda t: t.assign(eeg_FP1_delta=t.eeg_FP1_delta.where(t.index != t.index[40], float("nan"))),
+     r"subject 1, session 1, trial \d+: 1 NaN/Inf values — clean the recording"),
+    (lambda t: t.assign(eye_00="x"), r"a feature column holds values that are not numbers"),
+    (lambda t: t.iloc[:0], r"no rows"),
+], ids=["missing column", "another dataset's column", "trial out of range", "fractional session",
+        "a window missing", "a window twice", "too short for a crop", "NaN", "text", "empty"])
+def test_a_recording_table_that_cannot_be_right_is_one_line(trained_fold, change, message):
+    from pipeline.errors import UserError
+    from pipeline.models import load_checkpoint
+
+    raw, _, path = trained_fold
+    network, ckpt = load_checkpoint(path)
+    with pytest.raises(UserError, match=message) as refused:
+        predict.predict_table(network, ckpt, change(raw[raw.subject == 1].reset_index(drop=True)), torch.device("cpu"))
+    assert "\n" not in str(refused.value) and str(refused.value).startswith("recording table")
+
+
+def test_the_request_body_carries_the_features_exactly(dataset, tmp_path):
+    import json
+
+    import numpy as np
+
+    from pipeline.features import recording_to_frame
+    from pipeline.datasets.seedv import read_subject
+
+    out = tmp_path / "request.json"
+    assert predict.main([str(subject_file(dataset, "eeg", 1)), "--request", str(out)]) == 0
+    body = json.loads(out.read_text())["dataframe_split"]
+    sent = pd.DataFrame(body["data"], columns=body["columns"])
+    ingested = recording_to_frame(read_subject(dataset, 1), SPEC)
+    assert "label" not in sent and len(sent) == len(ingested)
+    np.testing.assert_array_equal(sent[list(SPEC.feature_columns)].to_numpy(np.float32),
+                                  ingested[list(SPEC.feature_columns)].to_numpy())

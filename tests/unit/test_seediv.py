@@ -551,3 +551,16 @@ def test_subjects_in(real, tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with no_hang():
         refused(lambda: seediv.subjects_in(tmp_path / "pipe"), "not a regular file or folder", error=UserError)
+
+
+def test_a_new_recording_may_lack_sessions(real):
+    """For prediction (complete=False): the sessions whose files are there, unlabelled; training still
+    needs all three."""
+    root, truths = real
+    for modality in ("eeg", "eye"):
+        path_of(root, modality, 2, 1).unlink()
+    assert seediv.subjects_in(root) == (root, [1, 2])
+    (rec,) = read_dataset(root, [2], complete=False)
+    assert rec.trials == list(range(24, 72)) and rec.labels == [-1] * 48
+    np.testing.assert_array_equal(rec.eye[0], truths[2][2]["eye"][0].T.astype(np.float32))
+    refused(lambda: read_subject(root, 2), "session 1: file missing")

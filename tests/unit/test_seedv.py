@@ -235,3 +235,25 @@ def test_one_file_per_subject_and_modality(dataset):
                                                r"02_123.npz is there — rename it 2_123.npz"):
         list(seedv.read_dataset(dataset, [1, 2]))
     assert [r.subject for r in seedv.read_dataset(dataset, [1])] == [1]   # 02_... is not subject 1's
+
+
+def test_a_new_recording_may_hold_some_trials_and_no_labels(dataset):
+    """For prediction (complete=False): any of the 45 trials, the same in both files, labels not needed;
+    training (complete=True) still refuses such a file."""
+    eeg, eye = subject_file(dataset, "eeg", 1), subject_file(dataset, "eye", 1)
+    data, _ = dicts(eeg)
+    eye_data, _ = dicts(eye)
+    np.savez(eeg, data=pickle.dumps({t: data[t] for t in (44, 3, 9)}))   # any order, no 'label'
+    np.savez(eye, data=pickle.dumps({t: eye_data[t] for t in (3, 9, 44)}))
+    rec = read_subject(dataset, 1, complete=False)
+    assert rec.trials == [3, 9, 44] and rec.labels == [-1, -1, -1]
+    np.testing.assert_array_equal(rec.eeg[2], data[44].astype(np.float32))
+    with pytest.raises(SeedVFormatError, match=r"EEG_DE_features/1_123.npz: subject 1: key 'label' missing"):
+        read_subject(dataset, 1)
+    np.savez(eye, data=pickle.dumps({t: eye_data[t] for t in (3, 44)}))
+    with pytest.raises(SeedVFormatError, match=r"Eye_movement_features/1_123.npz: subject 1: trials \[9\] are in one "
+                                               r"of 1_123.npz and this file only"):
+        read_subject(dataset, 1, complete=False)
+    np.savez(eye, data=pickle.dumps({3: eye_data[3], 45: eye_data[3]}))
+    with pytest.raises(SeedVFormatError, match=r"'data' trial set is not a part of 0..44 \(extra \[45\]\)"):
+        read_subject(dataset, 1, complete=False)

@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline import mlflow_store, promote, provenance, tracking
@@ -99,7 +101,8 @@ def test_only_a_promotion_registers_and_the_model_is_the_checkpoint(tmp_path, mo
     import torch
 
     from pipeline.datasets.seedv import SPEC
-    from pipeline.models import PackedInput, save_checkpoint, serving_example
+    from pipeline.models import save_checkpoint
+    from pipeline.predict import example_table, predict_table
     from pipeline.models.transformer import CrossModalTransformer
     from pipeline.predict import checkpoint_of
     from tests.conftest import make_params
@@ -109,15 +112,15 @@ def test_only_a_promotion_registers_and_the_model_is_the_checkpoint(tmp_path, mo
     model = CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, n_domains=2).eval()
     save_checkpoint(tmp_path / "model.pt", model, params, SPEC, [1, 2], 2, "subject-3")
     tracker = tracking.Tracker("t")
-    example = serving_example(2, 4, SPEC)
-    example[..., :-1] = np.random.default_rng(0).normal(size=example[..., :-1].shape)
+    example = example_table(SPEC, 12)
+    example[list(SPEC.feature_columns)] = np.random.default_rng(0).normal(size=(12, len(SPEC.feature_columns)))
     committed = {"git.dirty": "false", "git.commit": "abc"}
 
     def execution(tags=committed, metrics=True, fail=False) -> tuple[str, str]:
         """A parent run with a final child holding the model; (parent id, final id)."""
         with contextlib.suppress(RuntimeError), tracker.run("p", "parent", tags=tags) as parent:
             with tracker.run("final", "final", parent=parent) as run_id:
-                tracker.log_model(run_id, tmp_path / "model.pt", example, name="final")
+                tracker.log_model(run_id, tmp_path / "model.pt", name="final")
             if metrics:
                 tracker.log_metrics(parent, {"trial/accuracy_mean": 0.5})
             if fail:
@@ -145,10 +148,17 @@ def test_only_a_promotion_registers_and_the_model_is_the_checkpoint(tmp_path, mo
     assert tracker.client.get_model_version_by_alias("t", "candidate").version == version.version
     loaded = mlflow.pyfunc.load_model("models:/t@candidate")
     with torch.no_grad():
-        expected = PackedInput(model, SPEC)(torch.from_numpy(example)).numpy()
-    np.testing.assert_array_equal(loaded.predict(example), expected)
+        expected = predict_table(model, {"spec": SPEC, "params": asdict(params)}, example, torch.device("cpu"))
+    pd.testing.assert_frame_equal(loaded.predict(example.assign(label=3)), expected)   # label: optional, unused
     assert checkpoint_of("models:/t@candidate").read_bytes() == (tmp_path / "model.pt").read_bytes()
-    assert loaded.metadata.signature.inputs.inputs[0].shape == (-1, 4, example.shape[2])
+    inputs = loaded.metadata.signature.inputs
+    assert inputs.input_names()[:5] == ["subject", "session", "trial", "window", "label"]
+    assert inputs.input_names()[5:] == list(SPEC.feature_columns) and not inputs.inputs[4].required
+    assert loaded.metadata.signature.outputs.input_names() == ["subject", "session", "trial", "predicted",
+                                                               *(f"p_{e}" for e in SPEC.classes)]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="recording table: subject 1, session 1, trial 0: "
+                                                                "5 window"):
+        loaded.predict(example.iloc[:5])
     experiment = tracker.client.get_experiment(tracker.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -266,7 +276,7 @@ def test_a_planted_model_or_a_swapped_checkpoint_is_refused_before_any_of_it_run
 
     from pipeline.datasets.seedv import SPEC
     from pipeline.errors import UserError
-    from pipeline.models import save_checkpoint, serving_example
+    from pipeline.models import save_checkpoint
     from pipeline.models.transformer import CrossModalTransformer
     from pipeline.predict import checkpoint_of
     from tests.conftest import make_params
@@ -280,7 +290,7 @@ def test_a_planted_model_or_a_swapped_checkpoint_is_refused_before_any_of_it_run
         save_checkpoint(tmp_path / name, model, params, SPEC, [1, 2], 2, None)
     tracker = tracking.Tracker("t")
     with tracker.run("final", "final") as genuine:
-        tracker.log_model(genuine, tmp_path / "model.pt", serving_example(2, 4, SPEC), name="final")
+        tracker.log_model(genuine, tmp_path / "model.pt", name="final")
     assert checkpoint_of(f"runs:/{genuine}/final").read_bytes() == (tmp_path / "model.pt").read_bytes()
 
     marker, code = tmp_path / "ran.txt", tmp_path / "planted.py"
