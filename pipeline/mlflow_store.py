@@ -101,6 +101,8 @@ def retry(call, *args, attempts: int = 8, **kwargs):
         try:
             return call(*args, **kwargs)
         except Exception as exc:  # MlflowException wraps sqlite/http errors; only retry transient ones
+            if refusal := access_refused(exc):
+                raise refusal from None
             if not _transient(exc) or attempt == attempts - 1:
                 raise
             time.sleep(min(0.2 * 2**attempt, 5.0) * (1 + random.random()))
@@ -121,6 +123,21 @@ def store_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def access_refused(exc: Exception) -> UserError | None:
+    """A tracking server's 401 or 403 as one line saying what to do (None for any other error)."""
+    code = getattr(exc, "error_code", None)
+    if code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return None
+    server, user = tracking_uri(), os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED":
+        who = f"the password of user {user!r} is wrong" if user else "no user given"
+        return UserError(f"MLflow server {server} refused the request: {who} — set MLFLOW_TRACKING_USERNAME and "
+                         "MLFLOW_TRACKING_PASSWORD to an account the server's admin created")
+    endpoint = next((w for w in str(exc).split() if w.startswith("/api/")), "this request")
+    return UserError(f"MLflow server {server}: user {user!r} may not call {endpoint} — ask the server's admin for "
+                     "EDIT on the experiment (or MANAGE on the registered model)")
+
+
 def _transient(exc: Exception) -> bool:
     return any(s in str(exc).lower() for s in ("locked", "busy", "timed out", "connection"))
 
@@ -134,6 +151,8 @@ def create_run_once(client, experiment_id: str, run_name: str, tags: dict[str, s
         try:
             return client.create_run(experiment_id, run_name=run_name, tags=tags)
         except Exception as exc:
+            if refusal := access_refused(exc):
+                raise refusal from None
             if not _transient(exc) or attempt == attempts - 1:
                 raise
             time.sleep(min(0.2 * 2**attempt, 5.0) * (1 + random.random()))

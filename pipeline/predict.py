@@ -46,6 +46,7 @@ def checkpoint_of(model: str) -> Path:
     import yaml
     from mlflow.exceptions import MlflowException
 
+    from .mlflow_store import access_refused
     from .tracking import CHECKPOINT_TAG, sha256
 
     fix = "check the URI and MLFLOW_TRACKING_URI, or give a model.pt file"
@@ -56,7 +57,8 @@ def checkpoint_of(model: str) -> Path:
                             f"{CHECKPOINT_TAG} tag), so it is not loaded — {fix}")
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
     except MlflowException as exc:
-        raise UserError(f"--model {model}: no such MLflow model ({exc.error_code}) — {fix}") from None
+        raise access_refused(exc) or UserError(f"--model {model}: no such MLflow model ({exc.error_code}) — {fix}"
+                                               ) from None
     try:
         relative = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"][
             "checkpoint"]["path"]

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from . import params
+from .errors import UserError
 from .mlflow_store import TrackingStoreError, check_store, repo_root, retry, tracking_uri
 from .tracking import ROLE_TAG, pipeline_metrics
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = rebuild(args.run_id)
-    except RebuildError as exc:
+    except (RebuildError, UserError) as exc:   # UserError: the tracking server refused the credentials
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text, verdict = report(rows)

@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserError
 from .mlflow_store import (REQUEST_TAG, artifact_root, check_artifact_root, check_store, create_run_once, retry,
                            store_lock, tracking_uri)
 from .provenance import PROCESS_TAGS, alive, data_hashes, environment_tags, git_state, process_tags, run_label
@@ -112,6 +113,8 @@ class Tracker:
             try:
                 return retry(self.client.create_experiment, name, artifact_root(self.uri, name),
                              tags=EXPERIMENT_KIND)
+            except UserError:   # the server refused: not allowed, no retry will change that
+                raise
             except Exception:  # another process (on a shared server) created it first
                 found = retry(self.client.get_experiment_by_name, name)
         check_artifact_root(found.artifact_location, name)

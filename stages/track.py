@@ -76,7 +76,8 @@ if __name__ == "__main__":
     name, runs = parent_name(flat, tags["git.commit"]), []
     final = json.loads((args.final_model / "final.json").read_text())
     devices = sorted({fold["device"]["name"] for fold in folds.values()} | {final["device"]["name"]})
-    with tracker.execution(), tracker.run(name, "parent", flat, {**tags, "device.names": ", ".join(devices)}) as parent:
+    with user_errors(), tracker.execution(), tracker.run(name, "parent", flat,
+                                                         {**tags, "device.names": ", ".join(devices)}) as parent:
         tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
         for k, (s, fold) in enumerate(folds.items(), 1):
             model = args.models / s / "model.pt"

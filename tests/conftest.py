@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -139,3 +140,91 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster on localhost with databases ``mlflow`` and ``mlflow_auth``; yields
+    the SQLAlchemy URI of ``mlflow`` (``mlflow_auth``: the same with ``_auth`` appended)."""
+    import glob
+    import tempfile
+
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    if not initdb[-1]:
+        pytest.skip("PostgreSQL server binaries not installed (.ci/run installs them)")
+    bindir = Path(initdb[-1]).parent
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    subprocess.run([*as_postgres, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-l", data / "log", "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        for database in ("mlflow", "mlflow_auth"):
+            subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+                           check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+class TeamServer:
+    """The README's team tracking server (``python -m pipeline.team_server``), running; ``admin`` holds
+    its admin account."""
+
+    def __init__(self, uri: str, admin_password: str):
+        self.uri, self.admin = uri, {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": admin_password}
+
+    def user(self, name: str, writer: bool = False) -> dict[str, str]:
+        """Create user ``name`` (reading everything, as every new user does; ``writer``: allowed to create and
+        edit the project's experiment and model) and return the environment that logs in as them."""
+        from mlflow.server.auth.client import AuthServiceClient
+
+        from pipeline.tracking import EXPERIMENT_KIND
+
+        password = f"{name}-{os.urandom(8).hex()}"
+        with mock.patch.dict(os.environ, self.admin):
+            auth = AuthServiceClient(self.uri)
+            auth.create_user(name, password)
+            if writer:   # the admin grants a writer EDIT on the project's experiment, as the README says
+                import mlflow
+
+                client = mlflow.MlflowClient(self.uri)
+                experiment = client.get_experiment_by_name("seedv-cross-modal") or client.get_experiment(
+                    client.create_experiment("seedv-cross-modal", tags=EXPERIMENT_KIND))
+                auth.grant_user_permission(name, "experiment", experiment.experiment_id, "EDIT")
+        return {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+@pytest.fixture
+def team_server(postgres, tmp_path):
+    """``python -m pipeline.team_server`` on a free loopback port, against :func:`postgres`, artifacts in
+    ``tmp_path / "mlartifacts"``: the command the README gives a team."""
+    import time
+    import urllib.request
+
+    port, password = free_port(), os.urandom(12).hex()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.team_server", "--store", postgres, "--auth-store", f"{postgres}_auth",
+         "--artifacts", str(tmp_path / "mlartifacts"), "--port", str(port), "--workers", "1"], cwd=ROOT,
+        env={**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": password}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"team server did not start: {server.stderr.read()[-2000:]}")
+                time.sleep(1)
+        yield TeamServer(uri, password)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,22 +1,14 @@
 """Queued experiments in parallel on SQLite, and a team tracking server on a real PostgreSQL."""
 
-import glob
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 
 from pipeline.datasets.seedv import SPEC
 from pipeline.predict import example_table
-from tests.conftest import free_port
 
 
 pytestmark = pytest.mark.e2e
@@ -96,62 +88,17 @@ def test_two_queued_experiments_in_parallel(project, tmp_path):
     assert model.predict(example_table(SPEC, 12)).shape == (1, 4 + SPEC.n_classes)   # one trial
 
 
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL cluster on localhost; yields its SQLAlchemy URI."""
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
-    if not initdb[-1]:
-        pytest.skip("PostgreSQL server binaries not installed (.ci/run installs them)")
-    bindir = Path(initdb[-1]).parent
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
-    if as_postgres:
-        shutil.chown(data, "postgres")
-    port = free_port()
-    subprocess.run([*as_postgres, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-l", data / "log", "-w", "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"],
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
-
-
-@pytest.fixture
-def tracking_server(postgres, tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [Path(sys.executable).parent / "mlflow", "server", "--backend-store-uri", postgres,
-         "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not start: {server.stderr.read()[-2000:]}")
-                time.sleep(1)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def test_queued_experiment_on_postgres_tracking_server(project, tracking_server, tmp_path):
+def test_queued_experiment_on_the_team_tracking_server(project, team_server, tmp_path, monkeypatch):
+    """README's team recipe (authenticated, PostgreSQL, proxied artifacts): a writer's queued experiment
+    logs everything; its artifacts land in the server's artifact root."""
     project.make_tiny()
-    project.env = {**project.env, "MLFLOW_TRACKING_URI": tracking_server}
+    project.env = {**project.env, **team_server.user("alice", writer=True)}
     project.run("dvc", "exp", "run", "--queue", "-S", "train.epochs=1")
     run_queue(project, jobs=1)
-    (parent,) = assert_complete(tracking_server, 1)
-    client = mlflow.MlflowClient(tracking_server)
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, project.env[key])
+    (parent,) = assert_complete(team_server.uri, 1)
+    client = mlflow.MlflowClient(team_server.uri)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"params.yaml", "plots", "metrics"} <= artifacts, artifacts
     assert list((tmp_path / "mlartifacts").rglob("tsne.png"))   # stored in the shared artifact root
