@@ -1,13 +1,16 @@
 """Rebuild a logged pipeline execution exactly, and compare its metrics with the logged ones.
 
-    python -m pipeline.rebuild <run_id>      (a parent run, or any of its children)
+    python -m pipeline.rebuild <run_id> [--retrain]     (a parent run, or any of its children)
 
 Checks out the run's git commit in a temporary git worktree, restores its exact ``params.yaml`` (logged
-as an artifact, and first checked against the run's logged params), reruns every stage (``dvc repro
---force``: no cache is reused) with MLflow pointed at a scratch store, then prints logged vs rebuilt
-side by side — the summary metrics, every held-out subject's metrics (``metrics/per_subject.json``) and
-every fold's predictions (largest difference of any window's class probability) — and one verdict:
-identical, within tolerance (max |Δ| ≤ TOLERANCE), or different.
+as an artifact, and first checked against the run's logged params), then ``dvc repro`` with MLflow
+pointed at a scratch store. What DVC has already (the repository's cache, and the project's DVC remote
+when one is configured: ``dvc pull --run-cache``) is restored, not retrained; ``--retrain`` reruns every
+stage (``dvc repro --force``: nothing is reused), the check that the results can be made again. It then
+prints which stages were restored and which ran, logged vs rebuilt side by side — the summary metrics,
+every held-out subject's metrics (``metrics/per_subject.json``) and every fold's predictions (largest
+difference of any window's class probability) — and one verdict: identical, within tolerance
+(max |Δ| ≤ TOLERANCE), or different.
 
 Exit status: 0 identical; 1 rebuilt but not identical (within tolerance or different); 2 could not
 rebuild (unknown run, missing artifact, uncommitted code, a stage failed), with one line saying why.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,10 +136,56 @@ def _checkout_added_data(source: Path, env: dict) -> None:
         _run(["dvc", "checkout", "--quiet", *added], cwd=source, env=env)
 
 
-def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | None, float | None]]:
-    """Rerun the execution of ``run_id``; return (metric, logged, rebuilt) for every logged metric,
-    every held-out subject's metric, and per fold (predictions, 0 (the logged ones), largest
-    probability difference)."""
+def _stages(output: str) -> dict[str, str]:
+    """What ``dvc repro`` did with each stage, from its output: ``ran`` or ``restored`` (from the run-cache,
+    or unchanged with its outputs in the cache)."""
+    done = {}
+    for line in output.splitlines():
+        for pattern, what in ((r"Running stage '([^']+)'", "ran"), (r"Stage '([^']+)' is cached", "restored"),
+                              (r"Stage '([^']+)' didn't change", "restored")):
+            if match := re.search(pattern, line):
+                done.setdefault(match.group(1), what)
+    return done
+
+
+def _reuse(root: Path, source: Path, env: dict) -> str | None:
+    """Let the worktree reuse the results the repository has: its ``dvc.lock`` and the outputs DVC does
+    not cache (metrics, kept in git), reused only for stages whose code, params, inputs and outputs DVC
+    finds to match that lock; and, from its default DVC remote, the cached outputs and the run history
+    (``--run-cache``) fetched into the cache. What is in neither is rebuilt. The remotes are the
+    repository's as configured now (a remote added after the run's commit counts), given to the worktree
+    as its local config. The remote's name, or None."""
+    from dvc.config import Config
+    from dvc.repo import Repo
+
+    if (root / "dvc.lock").is_file():
+        shutil.copy(root / "dvc.lock", source / "dvc.lock")
+        with Repo(str(root)) as repo:
+            uncached = [out.def_path for stage in repo.index.stages for out in stage.outs if not out.use_cache]
+        for path in uncached:
+            if (root / path).is_dir():
+                shutil.rmtree(source / path, ignore_errors=True)
+                shutil.copytree(root / path, source / path)
+            elif (root / path).is_file():
+                (source / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / path, source / path)
+    configured = Config(dvc_dir=str(root / ".dvc"))
+    remotes, remote = configured["remote"], configured["core"].get("remote")
+    if not remotes:
+        return None
+    remote = remote or next(iter(remotes))
+    with Config(dvc_dir=str(source / ".dvc")).edit("local") as worktree:
+        worktree["remote"].update(remotes)
+    _run(["dvc", "pull", "--remote", remote, "--run-cache", "--allow-missing", "--quiet"], cwd=source, env=env)
+    return remote
+
+
+def rebuild(run_id: str, root: Path | None = None, retrain: bool = False
+            ) -> tuple[list[tuple[str, float | None, float | None]], dict[str, str], str | None]:
+    """Rebuild the execution of ``run_id`` (``retrain``: every stage rerun, nothing reused); return (rows,
+    stages, remote): (metric, logged, rebuilt) for every logged metric, every held-out subject's metric, and
+    per fold (predictions, 0 (the logged ones), largest probability difference); what ``dvc repro`` did with
+    each stage (ran / restored); the DVC remote pulled from (None: none)."""
     import mlflow
 
     root = Path(root or repo_root())
@@ -169,7 +219,8 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
         # Share the original cache so DVC-tracked inputs (a `dvc add`ed SEED-V) can be checked out.
         _run(["dvc", "config", "--local", "cache.dir", str(root / ".dvc" / "cache")], cwd=source, env=env)
         _checkout_added_data(source, env)
-        _run(["dvc", "repro", "--force"], cwd=source, env=env)
+        remote = None if retrain else _reuse(root, source, env)
+        stages = _stages(_run(["dvc", "repro", *(["--force"] if retrain else [])], cwd=source, env=env))
         rebuilt = pipeline_metrics(source / "metrics")
         rebuilt_subjects = per_subject_values(source / "metrics" / "per_subject.json")
         predictions = prediction_differences(logged_predictions, source / "data" / "predictions")
@@ -179,13 +230,20 @@ def rebuild(run_id: str, root: Path | None = None) -> list[tuple[str, float | No
     rows = [(key, logged.get(key), rebuilt.get(key)) for key in sorted(set(logged) | set(rebuilt))]
     rows += [(key, logged_subjects.get(key), rebuilt_subjects.get(key))
              for key in sorted(set(logged_subjects) | set(rebuilt_subjects))]
-    return rows + [(key, 0.0, delta) for key, delta in predictions.items()]
+    return rows + [(key, 0.0, delta) for key, delta in predictions.items()], stages, remote
 
 
-def report(rows) -> tuple[str, str]:
-    """The side-by-side table and the verdict: ``identical``, ``within tolerance`` or ``different``."""
+def report(rows, stages: dict[str, str] | None = None, remote: str | None = None) -> tuple[str, str]:
+    """What was rerun, the side-by-side table and the verdict: ``identical``, ``within tolerance`` or
+    ``different``."""
     width = max(len(key) for key, _, _ in rows)
-    lines = [f"{'metric':<{width}}  {'logged':>20}  {'rebuilt':>20}  same"]
+    lines = []
+    if stages is not None:
+        ran = [s for s, what in stages.items() if what == "ran"] or ["none"]
+        restored = [s for s, what in stages.items() if what == "restored"] or ["none"]
+        source = f"DVC's cache and the remote '{remote}'" if remote else "DVC's cache (no DVC remote configured)"
+        lines.append(f"retrained: {', '.join(ran)}; restored from {source}, not retrained: {', '.join(restored)}")
+    lines.append(f"{'metric':<{width}}  {'logged':>20}  {'rebuilt':>20}  same")
     deltas = []
     for key, logged, rebuilt in rows:
         delta = abs(logged - rebuilt) if logged is not None and rebuilt is not None else float("inf")
@@ -205,13 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.rebuild", description=__doc__.split("\n")[0],
                                      epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("run_id", help="an MLflow run id of a pipeline execution (parent or child)")
+    parser.add_argument("--retrain", action="store_true", help="rerun every stage, reusing nothing from DVC's "
+                                                                "cache or remote")
     args = parser.parse_args(argv)
     try:
-        rows = rebuild(args.run_id)
+        rows, stages, remote = rebuild(args.run_id, retrain=args.retrain)
     except (RebuildError, UserError) as exc:   # UserError: the tracking server refused the credentials
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text, verdict = report(rows)
+    text, verdict = report(rows, stages, remote)
     print(text)
     return 0 if verdict == "identical" else 1
 

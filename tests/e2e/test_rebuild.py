@@ -70,9 +70,10 @@ def test_parents_children_and_rebuild(project, tmp_path):
     assert (folds["tags.device.type"] == "cpu").all() and (parents["tags.device.names"] == "cpu").all()
 
     # Rebuild the first execution exactly.
-    ok = project.run(sys.executable, "-m", "pipeline.rebuild", first, check=False)
+    ok = project.run(sys.executable, "-m", "pipeline.rebuild", first, "--retrain", check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "rebuilt bit-identically" in ok.stdout and "trial/accuracy_mean" in ok.stdout
+    assert re.search(r"^retrained: synthesize, ingest, .*train.*; restored .*: none$", ok.stdout, re.M), ok.stdout
     # ... down to each held-out subject's metrics and each fold's window probabilities.
     assert re.search(r"^subject 2/trial/accuracy .* yes$", ok.stdout, re.M), ok.stdout
     assert re.search(r"^predictions/subject-1 max \|Δ probability\| +0\.0 +0\.0 +yes$", ok.stdout, re.M), ok.stdout
