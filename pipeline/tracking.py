@@ -92,6 +92,26 @@ def _ended_by(exc: BaseException) -> str:
     return "KILLED" if interrupted else "FAILED"
 
 
+def serving_signature(checkpoint: Path):
+    """(MLflow signature, input example) of the served model of ``checkpoint``: the recording table's columns
+    by name (``label`` optional) in, one row per trial out; the example is one all-zero trial, run through
+    the model to infer the output's columns."""
+    import torch
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    from .models import load_checkpoint
+    from .predict import example_table, predict_table, shortest_trial, table_columns
+
+    network, ckpt = load_checkpoint(checkpoint)
+    example = example_table(ckpt["spec"], shortest_trial(ckpt["params"], ckpt["spec"]))
+    with torch.no_grad():
+        output = predict_table(network.eval(), ckpt, example, torch.device("cpu"))
+    inputs = Schema([ColSpec(kind, column, required=column != "label")
+                     for column, kind in table_columns(ckpt["spec"]).items()])
+    return ModelSignature(inputs, infer_signature(example, output).outputs), example
+
+
 class Tracker:
     """One MLflow experiment in the store of this process (``MLFLOW_TRACKING_URI``, else ``mlflow.db``)."""
 
@@ -204,28 +224,15 @@ class Tracker:
             retry(self.client.log_batch, run_id, metrics=batch[start:start + BATCH])
 
     def log_model(self, run_id: str, checkpoint: Path, name: str):
-        """Log a ``model.pt`` as a pyfunc model (:mod:`pipeline.serving`) whose signature names the recording
-        table's columns (``label`` optional) and the output's; the run records the checkpoint's SHA-256
-        (``model.sha256``), which :func:`pipeline.predict.checkpoint_of` checks before loading anything of the
-        model."""
+        """Log a ``model.pt`` as a pyfunc model (:mod:`pipeline.serving`) with :func:`serving_signature`;
+        the run records the checkpoint's SHA-256 (``model.sha256``), which
+        :func:`pipeline.predict.checkpoint_of` checks before loading anything of the model."""
         retry(self.client.set_tag, run_id, CHECKPOINT_TAG, sha256(checkpoint))
         from importlib.metadata import version
 
-        import torch
-        from mlflow.models import ModelSignature, infer_signature
-        from mlflow.types import ColSpec, Schema
-
         from . import serving
-        from .models import load_checkpoint
-        from .predict import example_table, predict_table, shortest_trial, table_columns
 
-        network, ckpt = load_checkpoint(checkpoint)
-        example = example_table(ckpt["spec"], shortest_trial(ckpt["params"], ckpt["spec"]))
-        with torch.no_grad():
-            output = predict_table(network.eval(), ckpt, example, torch.device("cpu"))
-        inputs = Schema([ColSpec(kind, column, required=column != "label")
-                         for column, kind in table_columns(ckpt["spec"]).items()])
-        signature = ModelSignature(inputs, infer_signature(example, output).outputs)
+        signature, example = serving_signature(checkpoint)
         with self.mlflow.start_run(run_id=run_id, nested=True):
             return retry(self.mlflow.pyfunc.log_model, name=name, python_model=serving.__file__,
                          artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(Path(serving.__file__).parent)],

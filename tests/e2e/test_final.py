@@ -43,16 +43,16 @@ def test_final_model_is_registered_served_and_predicts(project, tmp_path, monkey
     assert final_run.info.run_name == "final" and final_run.info.status == "FINISHED"
     assert final_run.data.tags["pipeline.role"] == "final"
 
-    # A fold's model served: subject 2's raw features as ingested (labels and all) in, its fold's trial
-    # predictions out, exactly; an input that cannot be right is a 400 with one line.
+    # A fold's model served (verified, with this checkout's serving code): subject 2's raw features as
+    # ingested (labels and all) in, its fold's trial predictions out, exactly; an input that cannot be
+    # right is a 400 with one line.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", project.env["MLFLOW_TRACKING_URI"])
     (fold_run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'fold subject-2'")
     Tracker("seedv-cross-modal").log_model(fold_run.info.run_id, project.path / fold_run.data.tags["model.path"],
                                            name="fold")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                               f"runs:/{fold_run.info.run_id}/fold", "--env-manager", "local", "-p", str(port),
-                               "-h", "127.0.0.1"], cwd=project.path,
+    server = subprocess.Popen([sys.executable, "-m", "pipeline.serve", f"runs:/{fold_run.info.run_id}/fold",
+                               "--port", str(port)], cwd=project.path,
                               env={**project.env, "OMP_NUM_THREADS": "1"},   # the fold's torch threads: same bits
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ingested = pd.read_parquet(project.path / "data/interim/features.parquet")

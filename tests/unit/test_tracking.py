@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import mlflow_store, promote, provenance, tracking
+from pipeline import mlflow_store, promote, provenance, serve, tracking
 
 
 def process_with_open_runs() -> subprocess.Popen:
@@ -314,7 +314,12 @@ def test_a_planted_model_or_a_swapped_checkpoint_is_refused_before_any_of_it_run
     with pytest.raises(UserError, match=r"^--model models:/t@forged: its model.pt is not the checkpoint its run "
                                         r"\w+ logged \(SHA-256 differs"):
         checkpoint_of("models:/t@forged")
+    for alias in ("stranger", "forged"):                       # serving refuses them the same way
+        assert serve.main([f"models:/t@{alias}"]) == 1
     assert not marker.exists()
+    served = serve.local_model(f"runs:/{genuine}/final", tmp_path / "serve")   # ours: our code, its weights
+    assert (served / "artifacts" / "model.pt").read_bytes() == (tmp_path / "model.pt").read_bytes()
+    assert mlflow.pyfunc.load_model(str(served)).metadata.signature.inputs.input_names()[0] == "subject"
 
     # The genuine model's stored checkpoint replaced after logging.
     (logged,) = [m for m in tracker.client.search_logged_models([tracker.experiment_id])
