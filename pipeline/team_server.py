@@ -1,7 +1,8 @@
 """A tracking server a team can share: MLflow with authentication, on PostgreSQL, artifacts proxied.
 
     MLFLOW_AUTH_ADMIN_PASSWORD=... python -m pipeline.team_server \\
-        --store postgresql+psycopg2://mlflow@dbhost/mlflow --auth-store postgresql+psycopg2://mlflow@dbhost/mlflow_auth \\
+        --store postgresql+psycopg2://mlflow@dbhost/mlflow \\
+        --auth-store postgresql+psycopg2://mlflow@dbhost/mlflow_auth \\
         --artifacts /shared/mlartifacts [--port 5000] [--public-url https://mlflow.lab.example]
 
 Runs ``mlflow server`` with MLflow's basic-auth app (every request needs a user and password; new users

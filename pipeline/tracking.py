@@ -94,22 +94,21 @@ def _ended_by(exc: BaseException) -> str:
 
 def serving_signature(checkpoint: Path):
     """(MLflow signature, input example) of the served model of ``checkpoint``: the recording table's columns
-    by name (``label`` optional) in, one row per trial out; the example is one all-zero trial, run through
-    the model to infer the output's columns."""
-    import torch
-    from mlflow.models import ModelSignature, infer_signature
+    by name (``label`` optional) in, one row per trial out (keys, ``predicted``, ``p_<emotion>``); the
+    example is one all-zero trial."""
+    from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     from .models import load_checkpoint
-    from .predict import example_table, predict_table, shortest_trial, table_columns
+    from .predict import example_table, shortest_trial, table_columns
 
-    network, ckpt = load_checkpoint(checkpoint)
-    example = example_table(ckpt["spec"], shortest_trial(ckpt["params"], ckpt["spec"]))
-    with torch.no_grad():
-        output = predict_table(network.eval(), ckpt, example, torch.device("cpu"))
+    _, ckpt = load_checkpoint(checkpoint)   # a bad checkpoint is one line
+    spec = ckpt["spec"]
     inputs = Schema([ColSpec(kind, column, required=column != "label")
-                     for column, kind in table_columns(ckpt["spec"]).items()])
-    return ModelSignature(inputs, infer_signature(example, output).outputs), example
+                     for column, kind in table_columns(spec).items()])
+    outputs = Schema([ColSpec("long", key) for key in ("subject", "session", "trial")] + [ColSpec("string", "predicted")]
+                     + [ColSpec("double", f"p_{emotion}") for emotion in spec.classes])
+    return ModelSignature(inputs, outputs), example_table(spec, shortest_trial(ckpt["params"], spec))
 
 
 class Tracker:

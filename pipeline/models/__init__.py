@@ -13,8 +13,9 @@ valid (B, L)`` (``L`` windows of one sequence: a crop or a whole trial; ``valid`
 returns :class:`Output` with ``logits (B, C)`` for the sequence. Everything else is shared and never
 knows which model it runs: folds and inner validation (:mod:`pipeline.train`), per-window predictions
 (:mod:`pipeline.sequences`), checkpoints (:func:`save_checkpoint`), MLflow logging, serving and
-prediction on recording tables (:func:`pipeline.predict.predict_table`), prediction on new files and the figures (those that need attention maps or
-feature-importance weights ask for ``details`` and draw what the model returns).
+prediction on recording tables and new files (:func:`pipeline.predict.predict_table`), and the figures
+(those that need attention maps or feature-importance weights ask for ``details`` and draw what the
+model returns).
 """
 
 from __future__ import annotations
