@@ -91,6 +91,19 @@ def confusion(predictions: pd.DataFrame, normalize: str | None = None) -> np.nda
                             normalize=normalize)
 
 
+HEADLINE_BASELINES = {"logreg": "both-logreg", "length": "length-only", "position": "position-only",
+                      "chance": "chance"}   # the strongest linear baseline and the shortcut audits
+
+
+def headline(summary: dict, baselines: dict) -> dict[str, float]:
+    """The few numbers ``dvc metrics show`` / ``dvc exp show`` show (7 columns, a 120-column terminal): the
+    model's trial accuracy and macro-F1 and window accuracy, and the trial accuracy of the baselines that
+    say whether it means anything, on the same folds; means over the test subjects."""
+    out = {"trial_acc": summary["trial"]["accuracy_mean"], "trial_f1": summary["trial"]["f1_macro_mean"],
+           "window_acc": summary["window"]["accuracy_mean"]}
+    return out | {key: baselines[name]["trial"]["accuracy_mean"] for key, name in HEADLINE_BASELINES.items()}
+
+
 def seed_summary(folds: dict[int, dict]) -> tuple[dict, dict[int, dict]]:
     """Seed variance from the fold metrics of a run with several training seeds (their ``seeds`` maps):
     (the ``seeds`` section of ``metrics.json``: each seed's mean over subjects, their mean, sample std

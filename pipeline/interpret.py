@@ -334,7 +334,7 @@ def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], path: Path) -
                                                                        colorbar=True)
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("true emotion")
-    ax.set_title("Normalized confusion matrix (trials; rows sum to 1)")
+    ax.set_title("Confusion matrix (trials), normalized by true class (rows sum to 1)", fontsize=10)
     return _save(fig, path)
 
 

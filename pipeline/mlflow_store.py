@@ -17,6 +17,7 @@ import fcntl
 import os
 import random
 import sqlite3
+import sys
 import time
 import uuid
 from contextlib import closing, contextmanager
@@ -63,15 +64,16 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 LOCK_WAIT = 30        # seconds the check waits for a writer to let go of the store
 
 
-def check_store(uri: str) -> None:
+def check_store(uri: str) -> str | None:
     """Refuse a damaged SQLite store before MLflow touches it: MLflow would answer a 0-byte file by
     silently creating a new empty store, and garbage or a damaged page with long tracebacks (or not
-    at all). A missing file is fine: the first run creates it."""
+    at all). A missing file is fine: the first run creates it. Then :func:`follow_move`; returns the
+    folder the project was moved from (None: not moved)."""
     if not uri.startswith("sqlite:///"):
-        return
+        return None
     path = Path(uri[len("sqlite:///"):])
     if not path.exists():
-        return
+        return None
     fix = (f"restore {path} from a backup, or move it away to start a new, empty store "
            "(the runs it held are then gone from the UI)")
     try:
@@ -88,10 +90,48 @@ def check_store(uri: str) -> None:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         if _transient(exc):    # another process held its write lock all along: a working database
-            return
+            return None
         verdict = str(exc)
     if verdict != "ok":
         raise TrackingStoreError(f"{path}: the MLflow store is damaged ({' '.join(verdict.split())[:120]}) — {fix}")
+    return follow_move(path)
+
+
+# Where a SQLite store keeps artifact paths (MLflow has no API to change them; these are its 3.x tables).
+PATH_COLUMNS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
+                "logged_models": ("artifact_location",), "model_versions": ("source", "storage_location")}
+
+
+def follow_move(path: Path) -> str | None:
+    """Point the store's artifact paths at ``mlruns/`` beside ``path`` when the project was copied or moved.
+
+    A SQLite store records absolute artifact paths (``<project>/mlruns/<experiment>/...``, fixed at
+    creation): in a copy they still name the original folder, so the copy would show the original's files,
+    or none. When an experiment's location lies in another folder's ``mlruns/`` and the same experiment
+    folder exists beside this store, every path under that old ``mlruns/`` is rewritten to this one, in one
+    transaction. Returns the old folder (None: nothing moved)."""
+    here = str(path.resolve().parent / "mlruns") + "/"
+    with closing(sqlite3.connect(path, timeout=LOCK_WAIT)) as db:
+        try:
+            locations = [row[0] for row in db.execute("SELECT artifact_location FROM experiments")]
+        except sqlite3.OperationalError:   # a store MLflow has not created its tables in yet
+            return None
+        for location in locations:
+            local = (location or "").removeprefix("file://")
+            if "/mlruns/" not in local or local.startswith(here) or not local.startswith("/"):
+                continue
+            old = local[:local.rindex("/mlruns/") + len("/mlruns/")]
+            if not Path(here, local[len(old):]).is_dir():
+                continue           # an artifact root the user chose elsewhere, not a moved project
+            with db:               # one transaction: all paths or none
+                for table, columns in PATH_COLUMNS.items():
+                    for column in columns:
+                        for prefix in (old, f"file://{old}"):
+                            new = here if not prefix.startswith("file://") else f"file://{here}"
+                            db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                       f"WHERE substr({column}, 1, ?) = ?", (new, len(prefix) + 1, len(prefix), prefix))
+            return old.removesuffix("/mlruns/")
+    return None
 
 
 def retry(call, *args, attempts: int = 8, **kwargs):
@@ -160,3 +200,22 @@ def create_run_once(client, experiment_id: str, run_name: str, tags: dict[str, s
                           max_results=1)
             if found:
                 return found[0]
+
+
+def main() -> int:
+    """``python -m pipeline.mlflow_store``: check the store of this project (``MLFLOW_TRACKING_URI``, else
+    ``mlflow.db``) and follow a move of the project; run it before ``mlflow ui`` in a copied project (every
+    stage and command of the pipeline does it on its own)."""
+    uri = tracking_uri()
+    try:
+        with store_lock(uri):
+            moved = check_store(uri)
+    except TrackingStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{uri}: ok" + (f"; its artifact paths named {moved}, now the folder beside it" if moved else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

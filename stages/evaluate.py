@@ -2,8 +2,10 @@
 and per-subject CSVs, the model's paired comparison with each baseline over the same test subjects, and
 every fold's training curves in one long table (one chart coloured by fold in ``dvc plots show``).
 
-    python -m stages.evaluate PREDICTIONS CURVES FOLD_METRICS BASELINES_PER_SUBJECT METRICS PER_SUBJECT
-                              CONFUSION_CSV PER_SUBJECT_CSV CURVES_CSV COMPARISON
+    python -m stages.evaluate PREDICTIONS CURVES FOLD_METRICS BASELINES_PER_SUBJECT BASELINES METRICS
+                              PER_SUBJECT CONFUSION_CSV PER_SUBJECT_CSV CURVES_CSV COMPARISON HEADLINE
+
+``HEADLINE`` (``metrics/summary.json``, the DVC metric) holds the 7 numbers of :func:`pipeline.evaluate.headline`.
 
 Every spread is a sample std (ddof 1). ``comparison.json`` (pipeline/comparison.py): per baseline and
 level the mean difference, BCa and t 95 % intervals, sign-flip permutation p and its Holm-adjusted p over
@@ -21,7 +23,7 @@ import json
 import pandas as pd
 
 from pipeline.comparison import compare_all, per_seed_metrics, summary_lines
-from pipeline.evaluate import evaluate, pool_by_subject, seed_summary, trial_predictions
+from pipeline.evaluate import evaluate, headline, pool_by_subject, seed_summary, trial_predictions
 from pipeline.files import atomic_path, write_json
 from stages.common import folds, params, paths, spec
 
@@ -31,8 +33,8 @@ CURVES = {"class_loss": "training loss (per crop)", "val_loss": "inner-validatio
           "val_f1": "inner-validation macro-F1 (per trial)", "val_cca_loss": "inner-validation CCA loss (dcca)"}
 
 if __name__ == "__main__":
-    args = paths(__doc__, "predictions", "curves", "fold_metrics", "baselines", "metrics", "per_subject", "confusion",
-                 "per_subject_csv", "curves_csv", "comparison")
+    args = paths(__doc__, "predictions", "curves", "fold_metrics", "baselines", "baselines_summary", "metrics",
+                 "per_subject", "confusion", "per_subject_csv", "curves_csv", "comparison", "headline")
     p = params()
     every_fold = folds(p)
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{f.name}.parquet") for f in every_fold])
@@ -64,6 +66,7 @@ if __name__ == "__main__":
     model = over_seeds or per_subject
     comparison = compare_all(model, baselines, p.train.seed, per_seed_metrics(pooled))
     write_json(args.comparison, comparison)
+    write_json(args.headline, headline(summary, json.loads(args.baselines_summary.read_text())))
 
     print(f"trial accuracy {summary['trial']['accuracy_mean']:.4f} ± {summary['trial']['accuracy_std']:.4f} "
           f"(mean ± sample std (ddof 1) over {summary['n_folds']} held-out subjects)")

@@ -1,13 +1,15 @@
 """End to end: the real DVC pipeline in a temporary copy of the project, on three synthetic subjects."""
 
 import json
+import shlex
+import subprocess
 
 import pandas as pd
 import pytest
 
 from pipeline.datasets.seedv import SPEC, subject_file
 from pipeline.features import read_table, write_table
-from tests.conftest import TABLE_COLUMNS, WINDOWS_PER_SUBJECT
+from tests.conftest import ROOT, TABLE_COLUMNS, WINDOWS_PER_SUBJECT
 
 pytestmark = pytest.mark.e2e
 
@@ -45,9 +47,17 @@ def test_repro_metrics_and_diff(project):
     project.run("dvc", "repro")
     project.commit("longer training")
     diff = json.loads(project.run("dvc", "metrics", "diff", "main", "--json").stdout)
-    changed = diff["metrics/metrics.json"]
+    changed = diff["metrics/summary.json"]
     assert any(v["diff"] != 0 for v in changed.values()), changed
-    assert "metrics/baselines.json" not in diff   # baselines do not depend on training params
+    assert not {"logreg", "length", "position", "chance"} & set(changed)   # baselines ignore training params
+
+    # The README's `dvc exp show` line, in a 120-column terminal: headline, length audit, what changed.
+    project.run("dvc", "exp", "run", "-S", "model.heads=4")
+    (line,) = [x.split("#")[0] for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("dvc exp show")]
+    shown = subprocess.run(shlex.split(line), cwd=project.path, env={**project.env, "COLUMNS": "120"},
+                           capture_output=True, text=True, check=True).stdout
+    assert max(len(x) for x in shown.splitlines()) <= 120, shown
+    assert all(column in shown for column in ("trial_acc", "length", "model.heads")), shown
 
     # Rerunning one fold on its own (the debugging entry point) gives bit-identical predictions and metrics.
     before = (project.path / "metrics/folds/subject-1.json").read_text()

@@ -330,3 +330,46 @@ def test_a_planted_model_or_a_swapped_checkpoint_is_refused_before_any_of_it_run
         checkpoint_of(f"runs:/{genuine}/final")
     with pytest.raises(UserError, match="neither a model.pt file nor an MLflow model URI"):
         checkpoint_of("no/such/file.pt")
+
+
+def test_a_copied_project_opens_its_own_artifacts_and_models(tmp_path, monkeypatch):
+    """A store records absolute artifact paths: after `cp -r` (and the original deleted) the copy's store is
+    made to point at the copy's mlruns/ the first time the pipeline opens it; its fold artifacts and final
+    model load from there."""
+    import shutil
+
+    import torch
+
+    from pipeline.datasets.seedv import SPEC
+    from pipeline.models import save_checkpoint
+    from pipeline.models.transformer import CrossModalTransformer
+    from pipeline.predict import checkpoint_of
+    from tests.conftest import make_params
+
+    original, copy = tmp_path / "original", tmp_path / "moved" / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{original / 'mlflow.db'}")
+    params = make_params(model=dict(d_model=8, heads=2, layers=1, d_ff=8))
+    save_checkpoint(original / "model.pt", CrossModalTransformer(params.model, SPEC.widths, SPEC.n_classes, 2).eval(),
+                    params, SPEC, [1, 2], 2, None)
+    (original / "fold.json").write_text('{"fold": "subject-1"}')
+    tracker = tracking.Tracker("t")
+    with tracker.run("fold subject-1", "fold") as fold, tracker.run("final", "final") as final:
+        tracker.log_artifacts(fold, [original / "fold.json"], "folds")
+        tracker.log_model(final, original / "model.pt", name="final")
+    mlflow.MlflowClient().create_registered_model("t")
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)                                   # nothing can be read from the old place
+
+    monkeypatch.chdir(copy)
+    uri = f"sqlite:///{copy / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)                              # as a new process in the copy would have it
+    assert mlflow_store.check_store(uri) == str(original)
+    client = mlflow.MlflowClient()
+    assert client.get_run(fold).info.artifact_uri.startswith(str(copy / "mlruns"))
+    downloaded = client.download_artifacts(fold, "folds/fold.json", str(tmp_path / "got"))
+    assert Path(downloaded).read_text() == '{"fold": "subject-1"}'
+    assert checkpoint_of(f"runs:/{final}/final").read_bytes() == (copy / "model.pt").read_bytes()
+    assert mlflow_store.check_store(uri) is None               # once is enough
