@@ -8,8 +8,8 @@ source run is a pipeline run that recorded the checkpoint's SHA-256, and the dow
 it) before anything of it is loaded; then the checkpoint is wrapped in a local MLflow model made from
 *this checkout's* ``pipeline/serving.py`` — not the code stored with the model, which ``mlflow models
 serve -m models:/...`` would import and run — and served with ``mlflow models serve`` on 127.0.0.1 (a
-reverse proxy in front for other machines). Same input and output as the logged model (README "The final
-model, for use"). A model that fails the checks is refused with one line, exit status 1.
+reverse proxy in front for other machines). Same input and output as the logged model (docs/serving.md).
+A model that fails the checks is refused with one line, exit status 1.
 """
 
 from __future__ import annotations

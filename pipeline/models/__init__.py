@@ -1,7 +1,7 @@
 """Models as parts: ``model.name`` picks a module of this package; each implements one contract.
 
-A model module provides (see ``transformer.py``, ``dcca.py``, ``svm.py``; the README's "Add your own
-model" shows a complete one in a page)::
+A model module provides (see ``transformer.py``, ``dcca.py``, ``svm.py``; "Add your own model" in
+docs/protocols.md shows a complete one in a page)::
 
     Candidate                      # frozen dataclass: one setting its inner validation chooses between
     candidates(params) -> list[Candidate]
