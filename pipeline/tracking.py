@@ -42,10 +42,15 @@ def sha256(path: Path) -> str:
 
 
 def provenance() -> dict[str, str]:
-    """git, data, software-version and DVC-experiment tags, put on the parent and on every child run."""
+    """git, data, software-version and DVC-experiment tags, put on the parent and on every child run; and
+    the tags MLflow's UI shows as a run's Source and User (the stage that logged it, the commit, who ran it)."""
+    import getpass
+
     experiment = os.environ.get("DVC_EXP_NAME")
-    return {**git_state(Path.cwd()), **data_hashes(), **environment_tags(),
-            **({"dvc.experiment": experiment} if experiment else {})}
+    git = git_state(Path.cwd())
+    return {**git, **data_hashes(), **environment_tags(), **({"dvc.experiment": experiment} if experiment else {}),
+            "mlflow.source.name": "stages/track.py", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": git["git.commit"], "mlflow.user": getpass.getuser()}
 
 
 def parent_name(params_flat: dict, commit: str) -> str:

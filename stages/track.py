@@ -50,10 +50,20 @@ def md5(path: Path) -> str:
         return hashlib.file_digest(fh, "md5").hexdigest()
 
 
+# On a fold's page: inner/* is the training that chose the candidate and the epoch (on the fold's
+# inner-training part, validated on its inner-validation part), one point per epoch; trial/* and window/*
+# are the refit model on the fold's test part.
+FOLD_PAGE = ("Curves `inner/*`: the training on this fold's inner-training part that chose the candidate and "
+             "the epoch (validated on its inner-validation part); the chosen epoch is `selection/chosen_epoch`. "
+             "`trial/*` and `window/*`: the refit model (trained on the whole training part for that many epochs) "
+             "on the fold's test part.")
+
+
 def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
-    """A fold's curves CSV as (epoch, metrics) steps; NaN (no inner validation) left out."""
+    """A fold's curves CSV as (epoch, ``inner/<metric>``) steps; NaN (no inner validation) left out."""
     curves = pd.read_csv(path).drop(columns=["fold"])
-    return [(int(row.pop("epoch")), {k: v for k, v in row.items() if v == v}) for row in curves.to_dict("records")]
+    return [(int(row.pop("epoch")), {f"inner/{k}": v for k, v in row.items() if v == v})
+            for row in curves.to_dict("records")]
 
 
 if __name__ == "__main__":
@@ -85,6 +95,7 @@ if __name__ == "__main__":
             with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, {**tags, **device_tags(fold["device"]),
                                                                          **reference}, parent=parent) as run:
                 tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv"))
+                tracker.describe(run, FOLD_PAGE)
                 scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
                 chosen = {f"selection/{k}": v for k, v in fold["selection"].items() if type(v) in (int, float)}
                 tracker.log_metrics(run, {**scores, **chosen})

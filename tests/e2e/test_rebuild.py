@@ -50,14 +50,17 @@ def test_parents_children_and_rebuild(project, tmp_path):
     assert experiment_parent["tags.mlflow.runName"] == experiment_parent["tags.dvc.experiment"]
     metric_keys = {c[len("metrics."):] for c in table.columns if c.startswith("metrics.")}
     assert {"trial/accuracy", "trial/accuracy_mean", "window/accuracy_mean", "baseline/both-logreg/trial/accuracy_mean",
-            "loss", "val_f1", "selection/chosen_epoch", "final/epochs"} <= metric_keys and "epoch" not in metric_keys
+            "inner/loss", "inner/val_f1", "selection/chosen_epoch", "final/epochs"} <= metric_keys
+    assert "epoch" not in metric_keys and not {"loss", "val_f1"} & metric_keys   # the inner training is named
     tags = {c[len("tags."):] for c in table.columns if c.startswith("tags.")}
     assert all(t.split(".")[0] in ("mlflow", "git", "data", "version", "dvc", "pipeline", "device", "model")
                for t in tags), sorted(tags)
     assert not set(tracking.BOOKKEEPING_TAGS) & tags   # process/request ids are dropped when a run ends
     folds = table[(table["tags.pipeline.role"] == "fold")]
-    assert folds["metrics.train_accuracy"].notna().all() and folds["tags.git.commit"].notna().all()
-    history = mlflow.MlflowClient(uri).get_metric_history(folds.iloc[0].run_id, "loss")
+    assert folds["metrics.inner/train_accuracy"].notna().all() and folds["tags.git.commit"].notna().all()
+    assert folds["tags.mlflow.note.content"].str.contains("the refit model").all()   # the page says which is which
+    assert (folds["tags.mlflow.source.name"] == "stages/track.py").all() and folds["tags.mlflow.user"].notna().all()
+    history = mlflow.MlflowClient(uri).get_metric_history(folds.iloc[0].run_id, "inner/loss")
     assert [m.step for m in history] == [1, 2]                     # the epoch is the step (tiny: 2 epochs)
     model_ids = mlflow.search_logged_models(experiment_ids=[parents.iloc[0].experiment_id], output_format="list")
     # Fold weights live in DVC's cache alone: their runs name the file (path and md5), only final is logged.
