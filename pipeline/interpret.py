@@ -150,16 +150,52 @@ def disabled_figure(path: Path, title: str, reason: str) -> Path:
     return _save(fig, path)
 
 
-def by_emotion(values: list[np.ndarray], labels: list[int], n_classes: int) -> list[np.ndarray | None]:
-    labels = np.asarray(labels)
-    stacked = np.stack(values)
-    return [np.nanmean(stacked[labels == c], axis=0) if (labels == c).any() else None
-            for c in range(n_classes)]
+def emotion_differences(values: list[np.ndarray], labels, subjects, n_classes: int
+                        ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per emotion: each test subject's map for that emotion minus the subject's all-emotion map, averaged
+    over subjects, and where its 95 % t interval across subjects excludes 0 (subjects are the unit, as in
+    every comparison here). None for an emotion no subject has."""
+    stacked, labels, subjects = np.stack(values), np.asarray(labels), np.asarray(subjects)
+    out = []
+    for c in range(n_classes):
+        diffs = [np.nanmean(stacked[(labels == c) & (subjects == s)], axis=0) - np.nanmean(stacked[subjects == s], axis=0)
+                 for s in np.unique(subjects) if ((labels == c) & (subjects == s)).any()]
+        if not diffs:
+            out.append(None)
+            continue
+        d = np.stack(diffs)
+        mean = d.mean(0)
+        if len(d) < 2:
+            out.append((mean, np.zeros(mean.shape, dtype=bool)))
+            continue
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(0, ddof=1) / np.sqrt(len(d))
+        out.append((mean, np.abs(mean) > half))
+    return out
+
+
+RELATIVE_SCALE = 0.10   # difference maps: the colour saturates at 10 % of the mean weight (or the largest effect)
+SHOWN = ("blank: its 95 % interval across subjects includes 0 (per cell, not corrected for the number of cells); "
+         "colour saturates at ±10 % of the mean weight")
+
+
+def _difference_map(ax, mean_weight: float, difference: tuple[np.ndarray, np.ndarray] | None, **imshow):
+    """One emotion's difference map: colour in units of the mean weight, cells not distinguishable from 0
+    left blank. Returns the image and the largest |difference| shown (relative to the mean weight)."""
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    if difference is None:
+        shown = np.full((1, 1), np.nan)
+    else:
+        shown = np.where(difference[1], difference[0] / mean_weight, np.nan)
+    largest = float(np.nanmax(np.abs(shown))) if np.isfinite(shown).any() else 0.0
+    bound = max(RELATIVE_SCALE, largest)
+    return ax.imshow(shown, cmap=cmap, vmin=-bound, vmax=bound, **imshow), largest
 
 
 def cross_attention_figure(ex: Extraction, path: Path) -> Path:
-    """Per direction: the all-emotion mean map, then each emotion's difference from it on a colour scale
-    centred on zero (what is specific to an emotion, not the shared crop-edge pattern)."""
+    """Per direction: the all-emotion mean map, then each emotion's difference from it (per subject, then
+    averaged over subjects) as a share of the mean weight, blank where its 95 % interval across subjects
+    includes 0: what is specific to an emotion, not the shared crop-edge pattern, and only where it holds
+    across subjects."""
     if not ex.attention["eeg_to_eye"]:
         return disabled_figure(path, "Cross-modal attention", "model.cross_attention is off or one modality")
     classes = ex.spec.classes
@@ -171,21 +207,19 @@ def cross_attention_figure(ex: Extraction, path: Path) -> Path:
         image = axes[row, 0].imshow(mean, vmin=0, cmap="viridis")
         axes[row, 0].set_title(f"all emotions (mean)\n{name}", fontsize=9)
         fig.colorbar(image, ax=axes[row, 0], shrink=0.8, label="attention weight")
-        diffs = [m - mean if m is not None else np.zeros_like(mean)
-                 for m in by_emotion(ex.attention[direction], ex.labels, len(classes))]
-        bound = max(float(np.abs(d).max()) for d in diffs) or 1e-12
-        largest = max(largest, bound / float(mean.mean()))
-        for c, d in enumerate(diffs):
-            image = axes[row, c + 1].imshow(d, vmin=-bound, vmax=bound, cmap="RdBu_r")
+        differences = emotion_differences(ex.attention[direction], ex.labels, ex.subjects, len(classes))
+        for c, difference in enumerate(differences):
+            image, shown = _difference_map(axes[row, c + 1], float(np.nanmean(mean)), difference)
+            largest = max(largest, shown)
             axes[row, c + 1].set_title(f"{classes[c]} − mean\n{name}", fontsize=9)
-        fig.colorbar(image, ax=axes[row, 1:], shrink=0.8, label="difference from the mean")
+        fig.colorbar(image, ax=axes[row, 1:], shrink=0.8, label="difference / mean weight")
         for ax in axes[row]:
             ax.set_xlabel("key position (relative bin)")
             ax.set_ylabel("query position (relative bin)")
-    verdict = (f"emotions differ from the mean by at most {largest:.0%} of the mean weight — no emotion-specific "
-               "pattern" if largest < 0.1 else f"largest emotion-specific difference: {largest:.0%} of the mean weight")
+    verdict = ("no emotion-specific difference holds across subjects" if largest == 0 else
+               f"largest difference that holds across subjects: {largest:.0%} of the mean weight")
     fig.suptitle(f"Cross-modal attention over held-out trials: the shared pattern, and each emotion's difference "
-                 f"from it ({verdict})")
+                 f"from it ({verdict})\n{SHOWN}")
     return _save(fig, path)
 
 
@@ -213,7 +247,8 @@ def temporal_attention_figure(ex: Extraction, path: Path) -> Path:
         ax.set_ylabel("attention received (1 = uniform)")
     axes[1].legend(title="emotion")
     fig.suptitle(f"Temporal attention per emotion: mean over {len(np.unique(subjects))} held-out subjects, "
-                 "95 % band across subjects")
+                 "95 % band across subjects\nnear a clip's start and end, every crop holding a window has it at the "
+                 "crop's edge: a rise there can be the crop's edge effect, not the clip's")
     return _save(fig, path)
 
 
@@ -272,43 +307,49 @@ def feature_importance_figure(ex: Extraction, path: Path) -> Path:
     notes = []
     if ex.fim["eeg"]:
         mean = np.mean(np.stack(ex.fim["eeg"]), axis=0).reshape(len(channels), len(bands))
-        maps = [m.reshape(len(channels), len(bands)) - mean for m in by_emotion(ex.fim["eeg"], ex.labels, len(classes))]
-        bound = max(float(np.abs(m).max()) for m in maps) or 1e-12
-        for c, m in enumerate(maps):
+        largest = 0.0
+        for c, difference in enumerate(emotion_differences(ex.fim["eeg"], ex.labels, ex.subjects, len(classes))):
             ax = fig.add_subplot(grid[0, c])
-            image = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
+            if difference is not None:
+                difference = tuple(x.reshape(len(channels), len(bands)) for x in difference)
+            image, shown = _difference_map(ax, float(mean.mean()), difference, aspect="auto")
+            largest = max(largest, shown)
             ax.set_title(f"EEG: {classes[c]} − mean")
             ax.set_xticks(range(len(bands)), bands, rotation=45)
             ax.set_yticks(range(len(channels)), channels if c == 0 else [""] * len(channels), fontsize=6)
             ax.set_xlabel("band")
             if c == 0:
                 ax.set_ylabel("channel")
-        fig.colorbar(image, ax=fig.axes[-1], label="gate − mean gate")
-        notes.append(f"EEG mean gate {mean.mean():.2f} (range {mean.min():.2f}–{mean.max():.2f}), emotions deviate "
-                     f"by at most {bound:.3f}")
+        fig.colorbar(image, ax=fig.axes[-1], label="(gate − mean gate) / mean gate")
+        notes.append(f"EEG mean gate {mean.mean():.2f} (range {mean.min():.2f}–{mean.max():.2f}); the largest "
+                     f"deviation holding across subjects is {largest:.1%} of it")
     ax = fig.add_subplot(grid[1, :])
     if ex.fim["eye"]:
-        eye = np.stack(by_emotion(ex.fim["eye"], ex.labels, len(classes)))
         mean = np.mean(np.stack(ex.fim["eye"]), axis=0)
-        bound = float(np.abs(eye - mean).max()) or 1e-12
-        image = ax.imshow(eye - mean, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound)
+        differences = [d if d is not None else (np.full(mean.shape, np.nan), np.zeros(mean.shape, dtype=bool))
+                       for d in emotion_differences(ex.fim["eye"], ex.labels, ex.subjects, len(classes))]
+        image, bound = _difference_map(ax, float(mean.mean()), (np.stack([d[0] for d in differences]),
+                                                                np.stack([d[1] for d in differences])), aspect="auto")
         ax.set_yticks(range(len(classes)), classes)
-        ax.set_xticks(range(eye.shape[1]), [f"{i:02d}" for i in range(eye.shape[1])], fontsize=7)
+        ax.set_xticks(range(len(mean)), [f"{i:02d}" for i in range(len(mean))], fontsize=7)
         ax.set_xlabel(f"eye feature eye_NN, file order ({ex.spec.name.upper()}'s per-index feature order is not published)")
         ax.set_ylabel("emotion")
         ax.set_title("Eye-feature FIM gate per emotion − mean gate")
-        fig.colorbar(image, ax=ax, label="gate − mean gate")
-        notes.append(f"eye mean gate {mean.mean():.2f}, emotions deviate by at most {bound:.3f}")
+        fig.colorbar(image, ax=ax, label="(gate − mean gate) / mean gate")
+        notes.append(f"eye mean gate {mean.mean():.2f}; the largest deviation holding across subjects is {bound:.1%} "
+                     "of it")
     else:
         ax.axis("off")
         ax.text(0.5, 0.5, "eye modality not in model.modalities", ha="center", va="center")
     fig.suptitle("Feature Importance Module gates over held-out trials, each emotion's deviation from the mean "
-                 "gate\n" + "; ".join(notes))
+                 "gate\n" + "; ".join(notes) + f"\n{SHOWN.replace('weight', 'gate')}")
     return _save(fig, path)
 
 
-def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str, dict[int, float]], n_classes: int,
+def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str, dict[int, float]], chance: float,
                                path: Path) -> Path:
+    """Bars per test subject: the model and ``baselines``; the dotted line is ``chance``, the chance baseline's
+    mean trial accuracy on the same folds (stratified guessing: above 1 / classes when classes are unequal)."""
     subjects = sorted(model_acc)
     series = {"model": model_acc, **baselines}
     width = 0.8 / len(series)
@@ -318,7 +359,7 @@ def subject_variability_figure(model_acc: dict[int, float], baselines: dict[str,
         bars = ax.bar(np.arange(len(subjects)) + (k - (len(series) - 1) / 2) * width, values, width,
                       label=f"{name}: {values.mean():.1%} ± {values.std(ddof=1):.1%}")
         ax.axhline(values.mean(), color=bars.patches[0].get_facecolor(), lw=1, ls="--")
-    ax.axhline(1 / n_classes, color="black", lw=0.8, ls=":", label=f"chance ({100 / n_classes:.0f} %)")
+    ax.axhline(chance, color="black", lw=0.8, ls=":", label=f"chance baseline ({chance:.1%})")
     ax.set_xticks(range(len(subjects)), [str(s) for s in subjects])
     ax.set_xlabel("test subject")
     ax.set_ylabel("trial accuracy")
@@ -338,12 +379,18 @@ def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], path: Path) -
     return _save(fig, path)
 
 
-def tsne_figure(held_out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], probe: tuple[str, float, int] | None,
-                seed: int, classes: tuple[str, ...], path: Path) -> Path:
+def tsne_figure(held_out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                probe: tuple[str, float, float, int] | None, seed: int, classes: tuple[str, ...], path: Path) -> Path:
     """t-SNE of test embeddings only: one panel per fold, its model's embeddings of its own test trials
     (models differ, so their spaces are never mixed). ``held_out[fold name]`` = (embeddings, labels,
-    predicted); ``probe`` = (fold, subject-probe accuracy on that fold's training subjects, number of
-    training subjects), or None when the fold trained on one subject."""
+    predicted); ``probe`` = (fold, subject-probe accuracy on that fold's training subjects' embeddings, the
+    same probe on their normalized input features (trial means), number of training subjects), or None
+    when the fold trained on one subject.
+
+    Both probes can fall *below* chance: per-subject normalization centres each subject's windows on zero,
+    so a trial the probe's cross-validation holds out lies opposite the mean of its subject's remaining
+    trials, and is pushed towards the other subjects (on the synthetic data the inputs' probe scores 0 %).
+    The input probe is the reference the embeddings' probe is read against, not chance alone."""
     columns = min(4, len(held_out))
     rows = -(-len(held_out) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows + 0.8), squeeze=False,
@@ -366,11 +413,13 @@ def tsne_figure(held_out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
     if probe is None:
         probe_line = "no subject-identity probe: the folds train on one subject"
     else:
-        fold, accuracy, n_subjects = probe
-        verdict = ("not above chance: no subject identity detectable" if accuracy < 1.5 / n_subjects
-                   else "above chance: subject identity remains")
-        probe_line = (f"subject-identity probe, fold {fold}'s model on its {n_subjects} training subjects: "
-                      f"{accuracy:.1%} cross-validated (chance {1 / n_subjects:.1%}) — {verdict}")
+        fold, accuracy, inputs, n_subjects = probe
+        verdict = ("no subject identity detectable" if accuracy < 1.5 / n_subjects
+                   else "subject identity remains")
+        probe_line = (f"subject-identity probe on fold {fold}'s {n_subjects} training subjects: embeddings "
+                      f"{accuracy:.1%}, normalized inputs {inputs:.1%}, chance {1 / n_subjects:.1%} — {verdict}\n"
+                      "(read it against the inputs' probe: per-subject normalization puts a held-out trial opposite "
+                      "its subject's other trials, so even the inputs score below chance)")
     fig.suptitle("t-SNE of each fold model's fused embeddings of its own test trials (never trained on)\n"
                  + probe_line, fontsize=10)
     return _save(fig, path)

@@ -44,7 +44,10 @@ if __name__ == "__main__":
         if k == 0 and len(ckpt["train_subjects"]) > 1:   # subject identity left in one fold model's embeddings
             trained = np.flatnonzero(fold.mask("train", trials))
             embeddings = interpret.trial_embeddings(model, trials, trained, cv_input, crop, device)
+            inputs = np.stack([np.concatenate([trials.eeg[t, :trials.lengths[t]].mean(0),
+                                               trials.eye[t, :trials.lengths[t]].mean(0)]) for t in trained])
             probe = (fold.name, interpret.subject_probe(embeddings, trials.subjects[trained], p.train.seed),
+                     interpret.subject_probe(inputs, trials.subjects[trained], p.train.seed),
                      len(ckpt["train_subjects"]))
 
     per_subject = json.loads((args.metrics / "per_subject.json").read_text())
@@ -59,7 +62,7 @@ if __name__ == "__main__":
         interpret.feature_importance_figure(extraction, out / "feature_importance.png"),
         interpret.subject_variability_figure(
             accuracy(per_subject), {name: accuracy(baselines[name]) for name in ("length-only", "both-logreg")},
-            dataset.n_classes, out / "subject_variability.png"),
+            float(np.mean(list(accuracy(baselines["chance"]).values()))), out / "subject_variability.png"),
         interpret.confusion_figure(confusion(predictions, normalize="true"), dataset.classes,
                                    out / "confusion_normalized.png"),
         interpret.tsne_figure(held_out, probe, p.train.seed, dataset.classes, out / "tsne.png"),

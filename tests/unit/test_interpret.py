@@ -71,10 +71,10 @@ def test_every_figure_writes_a_png(trials, tmp_path):
         interpret.temporal_attention_figure(ex, tmp_path / "b.png"),
         interpret.confidence_figure(table, tmp_path / "c.png"),
         interpret.feature_importance_figure(ex, tmp_path / "d.png"),
-        interpret.subject_variability_figure({1: 0.5, 2: 0.7}, {"length-only": {1: 0.2, 2: 0.2}}, SPEC.n_classes,
+        interpret.subject_variability_figure({1: 0.5, 2: 0.7}, {"length-only": {1: 0.2, 2: 0.2}}, 0.229,
                                              tmp_path / "e.png"),
         interpret.confusion_figure(confusion(predictions, normalize="true"), SPEC.classes, tmp_path / "f.png"),
-        interpret.tsne_figure(held_out, ("subject-1", 0.5, 2), 0, SPEC.classes, tmp_path / "g.png"),
+        interpret.tsne_figure(held_out, ("subject-1", 0.5, 0.0, 2), 0, SPEC.classes, tmp_path / "g.png"),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
@@ -123,3 +123,20 @@ def test_the_confusion_figure_shows_each_true_class_row_of_the_test_trials(monke
     np.testing.assert_allclose(cells, counts / counts.sum(1, keepdims=True), atol=0.005)
     np.testing.assert_allclose(cells.sum(1), 1, atol=0.03)
     assert ax.get_ylabel() == "true emotion"
+
+
+def test_emotion_differences_keep_only_what_holds_across_subjects():
+    """A cell raised for emotion 0 in every subject is kept (and its size is right); a cell raised in one
+    subject only, however much, is blanked: subjects are the unit."""
+    rng = np.random.default_rng(0)
+    maps, labels, subjects = [], [], []
+    for s in range(1, 9):
+        for c in (0, 1):
+            for _ in range(3):
+                m = 1 + 0.01 * rng.normal(size=(2, 2))
+                m[0, 0] += 0.5 if c == 0 else 0.0
+                m[1, 1] += 5.0 if (c == 0 and s == 1) else 0.0
+                maps.append(m), labels.append(c), subjects.append(s)
+    (mean0, kept0), (mean1, kept1) = interpret.emotion_differences(maps, labels, subjects, 2)
+    assert kept0[0, 0] and not kept0[1, 1] and kept1[0, 0]     # emotion 1 sits 0.25 below the mean there
+    assert mean0[0, 0] == pytest.approx(0.25, abs=0.01) and mean1[0, 0] == pytest.approx(-0.25, abs=0.01)
