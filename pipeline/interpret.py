@@ -156,10 +156,11 @@ def emotion_differences(values: list[np.ndarray], labels, subjects, n_classes: i
     over subjects, and where its 95 % t interval across subjects excludes 0 (subjects are the unit, as in
     every comparison here). None for an emotion no subject has."""
     stacked, labels, subjects = np.stack(values), np.asarray(labels), np.asarray(subjects)
+    subject_mean = {s: np.nanmean(stacked[subjects == s], axis=0) for s in np.unique(subjects)}
     out = []
     for c in range(n_classes):
-        diffs = [np.nanmean(stacked[(labels == c) & (subjects == s)], axis=0) - np.nanmean(stacked[subjects == s], axis=0)
-                 for s in np.unique(subjects) if ((labels == c) & (subjects == s)).any()]
+        diffs = [np.nanmean(stacked[(labels == c) & (subjects == s)], axis=0) - mean
+                 for s, mean in subject_mean.items() if ((labels == c) & (subjects == s)).any()]
         if not diffs:
             out.append(None)
             continue

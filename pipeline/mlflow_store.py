@@ -126,10 +126,11 @@ def follow_move(path: Path) -> str | None:
             with db:               # one transaction: all paths or none
                 for table, columns in PATH_COLUMNS.items():
                     for column in columns:
-                        for prefix in (old, f"file://{old}"):
-                            new = here if not prefix.startswith("file://") else f"file://{here}"
+                        for scheme in ("", "file://"):   # plain paths and file:// URIs alike
+                            prefix = scheme + old
                             db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                                       f"WHERE substr({column}, 1, ?) = ?", (new, len(prefix) + 1, len(prefix), prefix))
+                                       f"WHERE substr({column}, 1, ?) = ?",
+                                       (scheme + here, len(prefix) + 1, len(prefix), prefix))
             return old.removesuffix("/mlruns/")
     return None
 

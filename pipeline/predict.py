@@ -164,12 +164,14 @@ def check_recording(table: pd.DataFrame, spec: Spec, nan_policy: str, shortest: 
         row = int(np.flatnonzero(repeated)[0])
         raise UserError(f"{trial_of(row)}: window {frame.loc[row, 'window']} given twice — send each window once")
     trials = frame.groupby(["subject", "session", "trial"], sort=False)
-    starts = np.r_[0, np.cumsum(trials.size().to_numpy())[:-1]]
     counts, last = trials.size().to_numpy(), trials["window"].max().to_numpy()
-    for k in np.flatnonzero(last != counts - 1)[:1]:
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    if (gap := np.flatnonzero(last != counts - 1)).size:
+        k = gap[0]
         raise UserError(f"{trial_of(starts[k])}: windows are not 0..{counts[k] - 1} (the last is {last[k]}) — send "
                         "every window of a trial, numbered from 0")
-    for k in np.flatnonzero(counts < shortest)[:1]:
+    if (short := np.flatnonzero(counts < shortest)).size:
+        k = short[0]
         raise UserError(f"{trial_of(starts[k])}: {counts[k]} window(s), fewer than the {shortest} of one model "
                         "input — send the whole trial")
     values = frame[list(spec.feature_columns)].to_numpy(np.float64)

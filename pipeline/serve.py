@@ -28,16 +28,11 @@ def local_model(model: str, folder: Path) -> Path:
     """A local MLflow model of ``model``'s verified checkpoint and this checkout's serving code."""
     import mlflow
 
-    from . import serving
     from .predict import checkpoint_of
-    from .tracking import serving_signature
+    from .tracking import pyfunc_arguments
 
-    checkpoint = checkpoint_of(model)
-    signature, example = serving_signature(checkpoint)   # loads the weights: a bad checkpoint is one line
-    path = folder / "model"
-    mlflow.pyfunc.save_model(path, python_model=serving.__file__, artifacts={"checkpoint": str(checkpoint)},
-                             code_paths=[str(Path(serving.__file__).parent)], signature=signature,
-                             input_example=example)
+    path = folder / "model"   # pyfunc_arguments loads the weights: a bad checkpoint is one line
+    mlflow.pyfunc.save_model(path, **pyfunc_arguments(checkpoint_of(model)))
     return path
 
 
@@ -54,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    mlflow = shutil.which("mlflow", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [mlflow or "mlflow", "models", "serve", "-m", str(path), "--env-manager", "local", "-h", "127.0.0.1",
-               "-p", str(args.port)]
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(path), "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(args.port)]
     os.execv(command[0], command)   # the server is this process: signals reach it
 
 

@@ -17,10 +17,9 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from pipeline.models import load_checkpoint, resolve_device
 
-        self.checkpoint = context.artifacts["checkpoint"]     # pipeline.predict reads it directly
-        self.network, self.checkpoint_dict = load_checkpoint(self.checkpoint)
+        network, self.checkpoint = load_checkpoint(context.artifacts["checkpoint"])
         self.device = resolve_device("auto")                 # a GPU when the serving machine has one
-        self.network = self.network.to(self.device).eval()
+        self.network = network.to(self.device).eval()
 
     def predict(self, context, model_input, params=None):   # the signature has checked the columns' types
         from mlflow.exceptions import MlflowException
@@ -30,7 +29,7 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
         from pipeline.predict import predict_table
 
         try:
-            return predict_table(self.network, self.checkpoint_dict, model_input, self.device)
+            return predict_table(self.network, self.checkpoint, model_input, self.device)
         except UserError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 

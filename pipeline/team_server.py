@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -83,8 +82,7 @@ def command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
            "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password(args.admin_password_file)}
     # The UI's CSRF tokens are signed with it; one per start unless given (the workers share this environment).
     env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
-    mlflow = shutil.which("mlflow", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return [mlflow or "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", args.store,
+    return [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", args.store,
             "--artifacts-destination", args.artifacts, "--serve-artifacts", "--host", "127.0.0.1",
             "--port", str(args.port), "--allowed-hosts", ",".join(hosts), "--cors-allowed-origins", ",".join(cors),
             "--workers", str(args.workers)], env

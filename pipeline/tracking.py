@@ -97,13 +97,15 @@ def _ended_by(exc: BaseException) -> str:
     return "KILLED" if interrupted else "FAILED"
 
 
-def serving_signature(checkpoint: Path):
-    """(MLflow signature, input example) of the served model of ``checkpoint``: the recording table's columns
-    by name (``label`` optional) in, one row per trial out (keys, ``predicted``, ``p_<emotion>``); the
-    example is one all-zero trial."""
+def pyfunc_arguments(checkpoint: Path) -> dict:
+    """What ``mlflow.pyfunc.log_model`` / ``save_model`` get for ``checkpoint``: this checkout's
+    :mod:`pipeline.serving` as the model's code, the checkpoint as its artifact, and a signature naming the
+    recording table's columns (``label`` optional) in and one row per trial out (keys, ``predicted``,
+    ``p_<emotion>``); the input example is one all-zero trial."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
+    from . import serving
     from .models import load_checkpoint
     from .predict import example_table, shortest_trial, table_columns
 
@@ -113,7 +115,9 @@ def serving_signature(checkpoint: Path):
                      for column, kind in table_columns(spec).items()])
     outputs = Schema([ColSpec("long", key) for key in ("subject", "session", "trial")] + [ColSpec("string", "predicted")]
                      + [ColSpec("double", f"p_{emotion}") for emotion in spec.classes])
-    return ModelSignature(inputs, outputs), example_table(spec, shortest_trial(ckpt["params"], spec))
+    return {"python_model": serving.__file__, "artifacts": {"checkpoint": str(checkpoint)},
+            "code_paths": [str(Path(serving.__file__).parent)], "signature": ModelSignature(inputs, outputs),
+            "input_example": example_table(spec, shortest_trial(ckpt["params"], spec))}
 
 
 class Tracker:
@@ -228,19 +232,14 @@ class Tracker:
             retry(self.client.log_batch, run_id, metrics=batch[start:start + BATCH])
 
     def log_model(self, run_id: str, checkpoint: Path, name: str):
-        """Log a ``model.pt`` as a pyfunc model (:mod:`pipeline.serving`) with :func:`serving_signature`;
-        the run records the checkpoint's SHA-256 (``model.sha256``), which
-        :func:`pipeline.predict.checkpoint_of` checks before loading anything of the model."""
+        """Log a ``model.pt`` as a pyfunc model (:func:`pyfunc_arguments`); the run records the checkpoint's
+        SHA-256 (``model.sha256``), which :func:`pipeline.predict.checkpoint_of` checks before loading
+        anything of the model."""
         retry(self.client.set_tag, run_id, CHECKPOINT_TAG, sha256(checkpoint))
         from importlib.metadata import version
 
-        from . import serving
-
-        signature, example = serving_signature(checkpoint)
         with self.mlflow.start_run(run_id=run_id, nested=True):
-            return retry(self.mlflow.pyfunc.log_model, name=name, python_model=serving.__file__,
-                         artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(Path(serving.__file__).parent)],
-                         signature=signature, input_example=example,
+            return retry(self.mlflow.pyfunc.log_model, name=name, **pyfunc_arguments(checkpoint),
                          pip_requirements=[f"{p}=={version(p).split('+')[0]}" for p in SERVING_PACKAGES])
 
     def register(self, run_id: str, name: str):
