@@ -183,14 +183,16 @@ def _transient(exc: Exception) -> bool:
     return any(s in str(exc).lower() for s in ("locked", "busy", "timed out", "connection"))
 
 
-def create_run_once(client, experiment_id: str, run_name: str, tags: dict[str, str], attempts: int = 8):
-    """``client.create_run`` that never leaves a duplicate: a failed attempt may still have created the
-    run (the answer was lost), so before trying again look the run up by a tag generated here."""
+def create_run_once(client, experiment_id: str, run_name: str, tags: dict[str, str], start_time: int | None = None,
+                    attempts: int = 8):
+    """``client.create_run`` (started at ``start_time``, Unix ms, default now) that never leaves a duplicate:
+    a failed attempt may still have created the run (the answer was lost), so before trying again look the
+    run up by a tag generated here."""
     request = uuid.uuid4().hex
     tags = {**tags, REQUEST_TAG: request}
     for attempt in range(attempts):
         try:
-            return client.create_run(experiment_id, run_name=run_name, tags=tags)
+            return client.create_run(experiment_id, start_time=start_time, run_name=run_name, tags=tags)
         except Exception as exc:
             if refusal := access_refused(exc):
                 raise refusal from None

@@ -1,4 +1,5 @@
-"""Rebuild a logged pipeline execution exactly, and compare its metrics with the logged ones.
+"""Rebuild a logged pipeline execution exactly, and compare its metrics with the logged ones (its exact
+metrics files; MLflow's rounded metrics must agree with them too).
 
     python -m pipeline.rebuild <run_id> [--retrain]     (a parent run, or any of its children)
 
@@ -31,7 +32,7 @@ from pathlib import Path
 from . import params
 from .errors import UserError
 from .mlflow_store import TrackingStoreError, check_store, repo_root, retry, tracking_uri
-from .tracking import ROLE_TAG, pipeline_metrics
+from .tracking import ROLE_TAG, pipeline_metrics, shown
 
 
 # A guess, not a measurement: half a point of accuracy/F1. Only one CPU type has been available, on which
@@ -198,18 +199,20 @@ def rebuild(run_id: str, root: Path | None = None, retrain: bool = False
         raise RebuildError(str(exc)) from None
     client = mlflow.MlflowClient(uri)
     run = _parent_run(client, run_id)
-    tags, logged = run.data.tags, run.data.metrics
+    tags = run.data.tags
     if tags.get("git.dirty") != "false" or "git.commit" not in tags:
         raise RebuildError(f"run {run.info.run_id} was made from uncommitted code; its code is not in git")
-    if not logged:
+    if not run.data.metrics:
         raise RebuildError(f"run {run.info.run_id} has no metrics to compare")
 
     scratch = Path(tempfile.mkdtemp(prefix="rebuild-"))
     source = scratch / "src"
     try:
         params_file = _logged_params_file(client, run, scratch)
-        logged_subjects = per_subject_values(_download(client, run.info.run_id, "metrics/per_subject.json",
-                                                       scratch / "logged"))
+        # The exact numbers: the logged metrics files (MLflow's metrics are rounded for reading).
+        logged_metrics = _download(client, run.info.run_id, "metrics", scratch / "logged")
+        logged = pipeline_metrics(logged_metrics)
+        logged_subjects = per_subject_values(logged_metrics / "per_subject.json")
         logged_predictions = _download(client, run.info.run_id, "predictions", scratch / "logged")
         _run(["git", "worktree", "add", "--detach", str(source), tags["git.commit"]], cwd=root)
         shutil.copy(params_file, source / "params.yaml")
@@ -228,6 +231,10 @@ def rebuild(run_id: str, root: Path | None = None, retrain: bool = False
         subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=root, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     rows = [(key, logged.get(key), rebuilt.get(key)) for key in sorted(set(logged) | set(rebuilt))]
+    # MLflow's metrics are the files' numbers rounded for reading: one that is not (edited after the run,
+    # or logged by other code) is a row of its own.
+    rows += [(f"{key} (MLflow, rounded)", value, shown(rebuilt[key]))
+             for key, value in sorted(run.data.metrics.items()) if key in rebuilt and value != shown(rebuilt[key])]
     rows += [(key, logged_subjects.get(key), rebuilt_subjects.get(key))
              for key in sorted(set(logged_subjects) | set(rebuilt_subjects))]
     return rows + [(key, 0.0, delta) for key, delta in predictions.items()], stages, remote

@@ -28,6 +28,8 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_VIEW = "?workflowType=machine_learning"
 ROLE_TAG = "pipeline.role"  # parent | fold | final
 BATCH = 1000                # MLflow's limit of metrics per log_batch call
+SHOWN_DIGITS = 4            # significant digits of a logged metric: what people read in the UI and its tables
+                            # (the exact values are the run's metrics/ and folds/ artifacts)
 SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "pyyaml", "scikit-learn", "scipy", "torch", "tqdm")   # what
                             # pipeline.serving imports with pipeline.models (evaluate, sequences, splits)
 BOOKKEEPING_TAGS = (*PROCESS_TAGS, REQUEST_TAG)   # only on RUNNING runs (see Tracker.end)
@@ -91,6 +93,11 @@ def pipeline_metrics(metrics_dir: Path) -> dict[str, float]:
     return metrics
 
 
+def shown(value: float) -> float:
+    """``value`` to :data:`SHOWN_DIGITS` significant digits (0.7625000000000001 -> 0.7625, 1.7e-17 stays)."""
+    return float(f"{float(value):.{SHOWN_DIGITS}g}")
+
+
 def _ended_by(exc: BaseException) -> str:
     """A run's final status when ``exc`` ends it: KILLED for Ctrl-C or SIGTERM (``SystemExit(143)``)."""
     interrupted = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 143)
@@ -152,16 +159,19 @@ class Tracker:
 
     @contextmanager
     def run(self, name: str, role: str, params_flat: dict | None = None, tags: dict[str, str] | None = None,
-            parent: str | None = None):
+            parent: str | None = None, span: tuple[float, float | None] | None = None):
         """A run (a child of ``parent`` when given) that ends FINISHED, FAILED on an error, or KILLED on
         Ctrl-C/SIGTERM (the stage turns SIGTERM into ``SystemExit(143)``). Starting a top-level run first
-        closes the runs that killed processes left RUNNING (once per execution, not per child)."""
+        closes the runs that killed processes left RUNNING (once per execution, not per child).
+        ``span``: (start, end) in Unix seconds of what the run records (its training), shown by MLflow as
+        the run's start and duration; end None: when the block ends; no span: the logging itself."""
         if parent is None:
             self.close_stale()
         run_tags = {ROLE_TAG: role, **(tags or {}), **process_tags()}
         if parent:
             run_tags["mlflow.parentRunId"] = parent
-        run_id = create_run_once(self.client, self.experiment_id, name, run_tags).info.run_id
+        start, end = [None if t is None else int(t * 1000) for t in (span or (None, None))]   # MLflow: ms
+        run_id = create_run_once(self.client, self.experiment_id, name, run_tags, start).info.run_id
         try:
             if params_flat:
                 self.log_params(run_id, params_flat)
@@ -169,7 +179,7 @@ class Tracker:
         except BaseException as exc:
             self.end(run_id, _ended_by(exc))
             raise
-        self.end(run_id, "FINISHED")
+        self.end(run_id, "FINISHED", end)
 
     @contextmanager
     def execution(self):
@@ -189,12 +199,13 @@ class Tracker:
             if all(run.data.tags.get(key) == value for key, value in mine.items()):
                 self.end(run.info.run_id, status)
 
-    def end(self, run_id: str, status: str) -> None:
-        """Terminate a run and drop its bookkeeping tags (process and request ids): they only serve
-        :meth:`close_stale` and :func:`create_run_once` while the run is RUNNING, and clutter the UI after."""
+    def end(self, run_id: str, status: str, end_time: int | None = None) -> None:
+        """Terminate a run (at ``end_time``, Unix ms, default now) and drop its bookkeeping tags (process and
+        request ids): they only serve :meth:`close_stale` and :func:`create_run_once` while the run is
+        RUNNING, and clutter the UI after."""
         from mlflow.exceptions import MlflowException
 
-        retry(self.client.set_terminated, run_id, status)
+        retry(self.client.set_terminated, run_id, status, end_time)
         for key in BOOKKEEPING_TAGS:
             try:
                 retry(self.client.delete_tag, run_id, key)
@@ -223,11 +234,12 @@ class Tracker:
         self.log_steps(run_id, [(step, metrics)])
 
     def log_steps(self, run_id: str, steps: list[tuple[int, dict[str, float]]]) -> None:
-        """Metrics at several steps (e.g. one per epoch, the epoch as the step) in few calls."""
+        """Metrics at several steps (e.g. one per epoch, the epoch as the step) in few calls, each to
+        :data:`SHOWN_DIGITS` significant digits."""
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        batch = [Metric(k, float(v), stamp, step) for step, metrics in steps for k, v in metrics.items()]
+        batch = [Metric(k, shown(v), stamp, step) for step, metrics in steps for k, v in metrics.items()]
         for start in range(0, len(batch), BATCH):
             retry(self.client.log_batch, run_id, metrics=batch[start:start + BATCH])
 

@@ -39,8 +39,8 @@ if __name__ == "__main__":
     every_fold = folds(p)
     predictions = pd.concat([pd.read_parquet(args.predictions / f"{f.name}.parquet") for f in every_fold])
     summary, per_subject = evaluate(predictions)
-    pooled = pool_by_subject({f.name: json.loads((args.fold_metrics / f"{f.name}.json").read_text())
-                                    for f in every_fold}, {f.name: f.subject for f in every_fold})
+    fold_metrics = {f.name: json.loads((args.fold_metrics / f"{f.name}.json").read_text()) for f in every_fold}
+    pooled = pool_by_subject(fold_metrics, {f.name: f.subject for f in every_fold})
     seeds, over_seeds = seed_summary(pooled)
     write_json(args.metrics, {**summary, **({"seeds": seeds} if seeds else {})})
     write_json(args.per_subject, per_subject)
@@ -56,10 +56,12 @@ if __name__ == "__main__":
                      ).to_csv(tmp, index=False)
 
     curves = pd.concat([pd.read_csv(args.curves / f"{f.name}.csv") for f in every_fold])
+    chosen = pd.Series({f.name: fold_metrics[f.name]["selection"].get("chosen_epoch") for f in every_fold})
+    curves["chosen"] = (curves["epoch"] == curves["fold"].map(chosen)).astype(int)   # the epoch the fold chose
     with atomic_path(args.curves_csv) as tmp:
         shown = {k: v for k, v in CURVES.items() if k in curves}    # what the model's training records
-        curves.rename(columns=shown).melt(["fold", "epoch"], list(shown.values()), "curve", "value").dropna(
-            ).to_csv(tmp, index=False)
+        curves.rename(columns=shown).melt(["fold", "epoch", "chosen"], list(shown.values()), "curve", "value"
+                                          ).dropna().to_csv(tmp, index=False)
 
     baselines = {name: {int(s): m for s, m in folds.items()}
                  for name, folds in json.loads(args.baselines.read_text()).items()}

@@ -6,10 +6,11 @@ train.label_smoothing): the folds' majority (each chosen by its inner validation
 
 Trained as one Ray task, placed like a fold (on a GPU worker when ``train.device`` and the cluster allow).
 Writes OUT_DIR/model.pt and OUT_DIR/final.json (epochs, subjects, the device it ran on); the ``track``
-stage logs it.
+stage logs it. When it trained goes to data/timings/final.json (pipeline/timing.py: not an output).
 """
 
 import json
+import time
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -20,6 +21,7 @@ from pipeline.files import atomic_path, write_json
 from pipeline.folds import FoldFailed, run_final
 from pipeline.models import save_checkpoint
 from pipeline.sequences import Trials
+from pipeline.timing import record as record_timing
 from pipeline.train import majority
 from stages.common import folds, params, paths, spec, user_errors
 
@@ -34,6 +36,7 @@ if __name__ == "__main__":
     epochs = max(1, int(round(float(np.median(chosen)))))
     Candidate = models.load(p.model.name).Candidate
     candidate = majority([Candidate(**{f.name: s[f.name] for f in fields(Candidate)}) for s in selections])
+    started = time.time()
     try:
         final = run_final(trials, p, epochs, candidate)
     except FoldFailed as exc:
@@ -43,5 +46,6 @@ if __name__ == "__main__":
         save_checkpoint(tmp / "model.pt", final.model, p, dataset, final.subjects, final.n_domains, None)
         write_json(tmp / "final.json", {"epochs": epochs, "fold_chosen_epochs": chosen, **asdict(candidate),
                                         "subjects": final.subjects, "device": final.device})
+        record_timing("final", tmp / "model.pt", started, time.time() - started)
     print(f"final model: {len(final.subjects)} subjects, {epochs} epochs (median chosen epoch of {len(chosen)} "
           f"folds), {candidate} (the folds' majority), on {final.device['name']}")

@@ -7,13 +7,17 @@ One parent run per execution that changed anything: named after the DVC experime
 + changed params), with every param, the exact params.yaml, git/data/version tags, the summary and
 baseline metrics, a description, the metrics files, the figures, every fold's predictions (so that
 ``pipeline.rebuild`` can compare them) and fold metrics (``folds/``, for ``pipeline.ablation
-mlflow:<id>``). Under it one run per fold (its params, per-epoch curves with the epoch as the step,
-metrics, the device it ran on as ``device.*`` tags, and its model as a *reference*: tags ``model.path``
-and ``model.md5`` name the file in DVC's cache, which alone holds fold weights) and one ``final`` run with
-the model trained on every subject, logged with its weights (the model people load and serve). So a
-study's weights are stored once, plus the final model's copy: at the original's size (28 M parameters,
-112 MB a model) 1.9 GB instead of 3.8 GB. The parent's ``device.names`` lists every device its trainings
-used. Nothing is registered: ``python -m pipeline.promote <parent run id> --reason …`` is the
+mlflow:<id>``). Under it one run per fold (its params, per-epoch curves with the epoch as the step and
+the chosen epoch marked, metrics, the device it ran on as ``device.*`` tags, and its model as a
+*reference*: tags ``model.path`` and ``model.md5`` name the file in DVC's cache, which alone holds fold
+weights) and one ``final`` run with the model trained on every subject, logged with its weights (the model
+people load and serve). So a study's weights are stored once, plus the final model's copy: at the
+original's size (28 M parameters, 112 MB a model) 1.9 GB instead of 3.8 GB. The parent's ``device.names``
+lists every device its trainings used. A run's start and duration are those of what it records (a fold's
+or the final model's training; the parent: from the first training to the end of logging) when
+data/timings/ knows them (pipeline/timing.py), else those of the logging. Metrics are logged to 4
+significant digits, for reading; the exact numbers are the parent's metrics/ and folds/ artifacts.
+Nothing is registered: ``python -m pipeline.promote <parent run id> --reason …`` is the
 one way ``models:/<mlflow.experiment>@candidate`` moves.
 
 RECORD (``data/tracked.json``) lists what was logged. DVC caches it rather than git, so a fresh clone's
@@ -21,7 +25,6 @@ RECORD (``data/tracked.json``) lists what was logged. DVC caches it rather than 
 server): ``MLFLOW_TRACKING_URI=… dvc repro --force --single-item track``.
 """
 
-import hashlib
 import json
 import os
 import signal
@@ -34,6 +37,7 @@ import pandas as pd
 from pipeline.files import write_json
 from pipeline.models import check_trained_with
 from pipeline.promote import ALIAS
+from pipeline.timing import md5, timing_of
 from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import folds as make_folds
 from stages.common import params, paths, spec, user_errors
@@ -44,26 +48,31 @@ def device_tags(facts: dict) -> dict[str, str]:
     return {f"device.{key}": str(value) for key, value in facts.items()}
 
 
-def md5(path: Path) -> str:
-    """The file's md5: its name in DVC's cache (``.dvc/cache/files/md5/<2 hex>/<30 hex>``)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "md5").hexdigest()
-
-
 # On a fold's page: inner/* is the training that chose the candidate and the epoch (on the fold's
 # inner-training part, validated on its inner-validation part), one point per epoch; trial/* and window/*
 # are the refit model on the fold's test part.
 FOLD_PAGE = ("Curves `inner/*`: the training on this fold's inner-training part that chose the candidate and "
-             "the epoch (validated on its inner-validation part); the chosen epoch is `selection/chosen_epoch`. "
-             "`trial/*` and `window/*`: the refit model (trained on the whole training part for that many epochs) "
-             "on the fold's test part.")
+             "the epoch (validated on its inner-validation part); `inner/chosen_epoch` is 1 at the chosen epoch "
+             "and 0 elsewhere, on the curves' epoch axis (the number: `selection/chosen_epoch`). `trial/*` and "
+             "`window/*`: the refit model (trained on the whole training part for that many epochs) on the "
+             "fold's test part. ")
+TIMED = {True: "The run's start and duration are the fold's training (`time/train_seconds`).",
+         False: "The run's start and duration are its logging: when the fold trained is not known here (its "
+                "model was restored from DVC's cache, or trained in another checkout)."}
 
 
-def curve_steps(path) -> list[tuple[int, dict[str, float]]]:
-    """A fold's curves CSV as (epoch, ``inner/<metric>``) steps; NaN (no inner validation) left out."""
+def curve_steps(path, chosen_epoch: int) -> list[tuple[int, dict[str, float]]]:
+    """A fold's curves CSV as (epoch, ``inner/<metric>``) steps, NaN (no inner validation) left out, with
+    ``inner/chosen_epoch`` marking the chosen one (MLflow draws each metric over the same epoch axis)."""
     curves = pd.read_csv(path).drop(columns=["fold"])
-    return [(int(row.pop("epoch")), {f"inner/{k}": v for k, v in row.items() if v == v})
+    return [(epoch := int(row.pop("epoch")), {**{f"inner/{k}": v for k, v in row.items() if v == v},
+                                             "inner/chosen_epoch": int(epoch == chosen_epoch)})
             for row in curves.to_dict("records")]
+
+
+def span(timing: dict | None) -> tuple[float, float] | None:
+    """A training's (start, end) in Unix seconds, for the run's start and duration."""
+    return None if timing is None else (timing["started"], timing["started"] + timing["seconds"])
 
 
 if __name__ == "__main__":
@@ -86,25 +95,34 @@ if __name__ == "__main__":
     name, runs = parent_name(flat, tags["git.commit"]), []
     final = json.loads((args.final_model / "final.json").read_text())
     devices = sorted({fold["device"]["name"] for fold in folds.values()} | {final["device"]["name"]})
+    timings = {s: timing_of(s, args.models / s / "model.pt") for s in folds}
+    timings["final"] = timing_of("final", args.final_model / "model.pt")
+    # The parent spans the execution: from its first training (when known) to the end of this logging.
+    known = [t["started"] for t in timings.values() if t]
     with user_errors(), tracker.execution(), tracker.run(name, "parent", flat,
-                                                         {**tags, "device.names": ", ".join(devices)}) as parent:
+                                                         {**tags, "device.names": ", ".join(devices)},
+                                                         span=(min(known), None) if known else None) as parent:
         tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
         for k, (s, fold) in enumerate(folds.items(), 1):
             model = args.models / s / "model.pt"
             reference = {"model.path": str(model), "model.md5": md5(model)}   # in DVC's cache at git.commit
             with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, {**tags, **device_tags(fold["device"]),
-                                                                         **reference}, parent=parent) as run:
-                tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv"))
-                tracker.describe(run, FOLD_PAGE)
+                                                                         **reference}, parent=parent,
+                             span=span(timings[s])) as run:
+                tracker.log_steps(run, curve_steps(args.curves / f"{s}.csv", fold["selection"]["chosen_epoch"]))
+                tracker.describe(run, FOLD_PAGE + TIMED[timings[s] is not None])
                 scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
                 chosen = {f"selection/{k}": v for k, v in fold["selection"].items() if type(v) in (int, float)}
-                tracker.log_metrics(run, {**scores, **chosen})
+                took = {"time/train_seconds": timings[s]["seconds"]} if timings[s] else {}
+                tracker.log_metrics(run, {**scores, **chosen, **took})
             runs.append(f"fold {s}")
-            print(f"tracked fold {k}/{len(folds)} | elapsed {time.monotonic() - start:.0f} s", flush=True)
+            print(f"tracked fold {s} ({k}/{len(folds)}) | elapsed {time.monotonic() - start:.0f} s", flush=True)
 
         with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]},
-                         {**tags, **device_tags(final["device"])}, parent=parent) as run:
-            tracker.log_metrics(run, {f"final/{k}": v for k, v in final.items() if type(v) in (int, float)})
+                         {**tags, **device_tags(final["device"])}, parent=parent, span=span(timings["final"])) as run:
+            took = {"time/train_seconds": timings["final"]["seconds"]} if timings["final"] else {}
+            tracker.log_metrics(run, {**{f"final/{k}": v for k, v in final.items() if type(v) in (int, float)},
+                                      **took})
             tracker.log_model(run, args.final_model / "model.pt", name="final")
         runs.append("final")
 

@@ -9,7 +9,8 @@ SELECTIONS/<f>.json (its chosen epoch and candidate: all ``final`` reads, so tha
 when only ``train.seeds`` changed). With ``train.seeds`` > 1 each fold is trained once per seed; the files
 are those of the ``train.seed`` training, and FOLD_METRICS/<f>.json also holds every seed's metrics under
 ``seeds``. The five folders are built under temporary names and renamed into place only when every fold has succeeded,
-so a failed run leaves none of them behind (``--fold`` replaces just that fold's files). Nothing here
+so a failed run leaves none of them behind (``--fold`` replaces just that fold's files). When each fold
+trained goes to data/timings/<f>.json, beside the outputs and not one of them (pipeline/timing.py). Nothing here
 talks to MLflow: the ``track`` stage logs the folds from these files.
 
 Fold names never appear in dvc.yaml: they come from the validated params here, so a hostile
@@ -28,6 +29,7 @@ from pipeline.files import atomic_path, atomic_paths, write_json
 from pipeline.folds import FoldFailed, FoldOutput, run_folds, train_one, training_seeds
 from pipeline.models import save_checkpoint
 from pipeline.sequences import Trials
+from pipeline.timing import record as record_timing
 from pipeline.train import check_folds
 from stages.common import folds, params, paths, spec, user_errors
 
@@ -48,6 +50,7 @@ def write_fold(outputs: list[FoldOutput], p, models: Path, predictions: Path, fo
     write_json(fold_metrics / f"{name}.json", {**output.metrics, "selection": result.selection, "device": result.device,
                                      **({"seeds": seeds} if len(outputs) > 1 else {})})
     write_json(selections / f"{name}.json", result.selection)
+    record_timing(name, models / name / "model.pt", time.time() - output.seconds, output.seconds)
 
 
 def main() -> None:
@@ -87,8 +90,8 @@ def main() -> None:
         if output.seed == p.train.seed:
             per_fold[name] = output.metrics
         elapsed = time.monotonic() - start
-        what = ("fold", name) if len(seeds) == 1 else ("training", f"{name}, seed {output.seed}")
-        print(f"{what[0]} {done}/{total} ({what[1]}) done in {output.seconds:.0f} s: trial accuracy "
+        what = name if len(seeds) == 1 else f"{name}, seed {output.seed}"
+        print(f"fold {what} done in {output.seconds:.0f} s ({done}/{total}): trial accuracy "
               f"{output.metrics['trial']['accuracy']:.3f}, window {output.metrics['window']['accuracy']:.3f}"
               f" | elapsed {elapsed:.0f} s, ETA {elapsed / done * (total - done):.0f} s", flush=True)
 

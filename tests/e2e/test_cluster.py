@@ -41,7 +41,7 @@ def test_the_train_stage_runs_through_a_hand_started_head_with_token_auth(projec
         result = subprocess.run(["dvc", "repro", "--single-item", "train"], cwd=project.path, env=joined,
                                 capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert "fold 2/2" in result.stdout and (project.path / "data/models/subject-2/model.pt").is_file()
+        assert "(2/2)" in result.stdout and (project.path / "data/models/subject-2/model.pt").is_file()
     finally:
         head.terminate()          # `ray start --block` stops its head's processes on SIGTERM
         head.wait(timeout=60)

@@ -107,5 +107,13 @@ def test_dvc_metrics_show_and_plots_read_at_a_glance():
     assert "normalized by true class (rows sum to 1)" in confusion["content"]["title"]["text"]
     (curves,) = json.loads(dvc("plots", "show", "--json", "plots/curves.csv"))["data"]["plots/curves.csv"]
     color = curves["content"]["spec"]["encoding"]["color"]
-    folds = {row["fold"] for row in curves["content"]["data"]["values"]}
+    rows = curves["content"]["data"]["values"]
+    folds = {row["fold"] for row in rows}
     assert color["scale"]["scheme"] == "category20" and len(folds) <= 20   # one colour per fold
+    # A dot on each fold's line at the epoch its inner validation chose (metrics/folds/<fold>.json).
+    (dots,) = [layer for layer in curves["content"]["spec"]["layer"] if layer["mark"]["type"] == "point"]
+    assert dots["transform"] == [{"filter": "datum.chosen == 1"}]
+    marked = {(row["fold"], row["curve"]): int(row["epoch"]) for row in rows if int(row["chosen"]) == 1}
+    assert len(marked) == len({(row["fold"], row["curve"]) for row in rows})
+    for (fold, _), epoch in marked.items():
+        assert epoch == json.loads((ROOT / "metrics/folds" / f"{fold}.json").read_text())["selection"]["chosen_epoch"]

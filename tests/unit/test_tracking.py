@@ -66,10 +66,10 @@ def test_an_interrupted_execution_leaves_no_run_running(tmp_path, monkeypatch):
                                          {"pipeline.host": "elsewhere", "pipeline.pid": "1"})
     real_end = tracker.end
 
-    def interrupted_while_ending(run_id, status):
+    def interrupted_while_ending(run_id, status, end_time=None):
         if status == "FINISHED":
             raise SystemExit(143)          # the signal arrives inside the child's end
-        real_end(run_id, status)
+        real_end(run_id, status, end_time)
 
     with pytest.raises(SystemExit), tracker.execution(), tracker.run("p", "parent") as parent:
         mlflow_store.create_run_once(tracker.client, tracker.experiment_id, "created, never entered",
@@ -373,3 +373,48 @@ def test_a_copied_project_opens_its_own_artifacts_and_models(tmp_path, monkeypat
     assert Path(downloaded).read_text() == '{"fold": "subject-1"}'
     assert checkpoint_of(f"runs:/{final}/final").read_bytes() == (copy / "model.pt").read_bytes()
     assert mlflow_store.check_store(uri) is None               # once is enough
+
+
+def test_a_run_spans_what_it_records_and_shows_rounded_numbers(tmp_path, monkeypatch):
+    """A fold run's start and duration are its training's (MLflow's Created and Duration); a parent given
+    only a start ends when its block does; metrics are logged to SHOWN_DIGITS significant digits."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = tracking.Tracker("t")
+    started = time.time() - 3600
+    with tracker.run("p", "parent", span=(started, None)) as parent:
+        with tracker.run("fold subject-1", "fold", parent=parent, span=(started + 5, started + 375.5)) as fold:
+            tracker.log_metrics(fold, {"trial/accuracy": 0.7625000000000001, "p": 1 / 3, "noise": -1.7e-17})
+    runs = {r.info.run_name: r for r in tracker.client.search_runs([tracker.experiment_id])}
+    info = runs["fold subject-1"].info
+    assert (info.start_time, info.end_time) == (int((started + 5) * 1000), int((started + 375.5) * 1000))
+    assert runs["p"].info.start_time == int(started * 1000) and runs["p"].info.end_time >= (time.time() - 60) * 1000
+    assert runs["fold subject-1"].data.metrics == {"trial/accuracy": 0.7625, "p": 0.3333, "noise": -1.7e-17}
+
+
+def test_a_timing_note_belongs_to_the_weights_it_timed(tmp_path):
+    """data/timings/ is not DVC-tracked: a note is used only while the model it timed is the one on disk."""
+    from pipeline import timing
+
+    model = tmp_path / "models/subject-3/block-2/model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    timing.record("subject-3/block-2", model, 1000.0, 42.5, root=tmp_path / "timings")
+    assert timing.timing_of("subject-3/block-2", model, root=tmp_path / "timings") == {"started": 1000.0,
+                                                                                     "seconds": 42.5}
+    model.write_bytes(b"other weights")          # retrained elsewhere, or restored from DVC's cache
+    assert timing.timing_of("subject-3/block-2", model, root=tmp_path / "timings") is None
+    assert timing.timing_of("subject-4", model, root=tmp_path / "timings") is None   # never timed
+
+
+def test_the_chosen_epoch_is_marked_on_the_fold_curves(tmp_path):
+    """On a fold's MLflow page every inner/* curve shares the epoch axis with inner/chosen_epoch, 1 at the
+    epoch the inner validation chose."""
+    from stages.track import curve_steps
+
+    path = tmp_path / "subject-1.csv"
+    pd.DataFrame({"epoch": [1, 2, 3], "loss": [1.0, 0.5, 0.4], "val_loss": [0.9, 0.6, 0.7],
+                  "fold": "subject-1"}).to_csv(path, index=False)
+    steps = curve_steps(path, chosen_epoch=2)
+    assert [epoch for epoch, _ in steps] == [1, 2, 3]
+    assert [m["inner/chosen_epoch"] for _, m in steps] == [0, 1, 0]
+    assert steps[1][1]["inner/val_loss"] == 0.6
