@@ -13,9 +13,9 @@ the chosen epoch marked, metrics, the device it ran on as ``device.*`` tags, and
 weights) and one ``final`` run with the model trained on every subject, logged with its weights (the model
 people load and serve). So a study's weights are stored once, plus the final model's copy: at the
 original's size (28 M parameters, 112 MB a model) 1.9 GB instead of 3.8 GB. The parent's ``device.names``
-lists every device its trainings used. A run's start and duration are those of what it records (a fold's
-or the final model's training; the parent: from the first training to the end of logging) when
-data/timings/ knows them (pipeline/timing.py), else those of the logging. Metrics are logged to 4
+lists every device its trainings used. A run's start and duration are those of what it records: a fold's
+or the final model's training when data/timings/ knows it (pipeline/timing.py), else the logging; the
+parent's, the ``dvc repro``/``dvc exp run`` that ran this stage, to the end of logging. Metrics are logged to 4
 significant digits, for reading; the exact numbers are the parent's metrics/ and folds/ artifacts.
 Nothing is registered: ``python -m pipeline.promote <parent run id> --reason …`` is the
 one way ``models:/<mlflow.experiment>@candidate`` moves.
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from pipeline.files import write_json
 from pipeline.models import check_trained_with
@@ -40,7 +41,7 @@ from pipeline.promote import ALIAS
 from pipeline.timing import md5, timing_of
 from pipeline.tracking import UI_VIEW, Tracker, flat_metrics, headline, parent_name, pipeline_metrics, provenance
 from stages.common import folds as make_folds
-from stages.common import params, paths, spec, user_errors
+from stages.common import dvc_process, params, paths, spec, user_errors
 
 
 def device_tags(facts: dict) -> dict[str, str]:
@@ -97,11 +98,15 @@ if __name__ == "__main__":
     devices = sorted({fold["device"]["name"] for fold in folds.values()} | {final["device"]["name"]})
     timings = {s: timing_of(s, args.models / s / "model.pt") for s in folds}
     timings["final"] = timing_of("final", args.final_model / "model.pt")
-    # The parent spans the execution: from its first training (when known) to the end of this logging.
-    known = [t["started"] for t in timings.values() if t]
+    # The parent spans the execution: from the start of the dvc command running this stage to the end of
+    # this logging (outside dvc: the logging alone).
+    try:
+        execution = (psutil.Process(dvc_process()).create_time(), None) if dvc_process() else None
+    except psutil.Error:          # gone or not ours to read: the stage's own check stops it anyway
+        execution = None
     with user_errors(), tracker.execution(), tracker.run(name, "parent", flat,
                                                          {**tags, "device.names": ", ".join(devices)},
-                                                         span=(min(known), None) if known else None) as parent:
+                                                         span=execution) as parent:
         tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
         for k, (s, fold) in enumerate(folds.items(), 1):
             model = args.models / s / "model.pt"
