@@ -1,4 +1,4 @@
-"""What a researcher sees after `dvc repro`, in a real headless browser: three screenshots, each checked.
+"""What a researcher sees after `dvc repro`, in a real headless browser: four screenshots, each checked.
 
     .venv/bin/python benchmarks/screenshots.py OUT_DIR          (in a project where `dvc repro` has run)
 
@@ -7,7 +7,7 @@ writes `dvc plots show`'s page, then drives Chromium (Playwright; the browser is
 on PATH; Playwright's own browser download is not needed) in a new profile, as a first visit:
 
 1. mlflow-experiment.png: the experiments list -> the project's experiment, opened in the model-training
-   view. MLflow 3.17 keeps that view per browser (localStorage ``mlflow.workflowType``, GenAI by default)
+   view. MLflow 3.17 keeps that view per browser (localStorage ``mlflow.workflowType_v1``, GenAI by default)
    and has no per-experiment setting; the one-time workaround that docs/mlflow-and-teams.md gives, one
    click on "Model training", is the script's first step, after checking that a first visit lands in GenAI.
 2. mlflow-fold.png: a fold's "Model metrics" page: its inner-validation curves and ``inner/chosen_epoch``

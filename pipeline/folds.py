@@ -58,7 +58,8 @@ class FoldOutput:
     seed: int            # the train.seed this training used
     result: FoldResult
     metrics: dict
-    seconds: float
+    seconds: float       # how long it took, on the worker
+    started: float       # when it started (Unix time, the worker's clock)
 
 
 class FoldFailed(UserError, RuntimeError):
@@ -128,13 +129,13 @@ def train_one(trials: Trials, fold: Fold, params: Params, seed: int | None = Non
     """Train and test one fold (seeded ``seed``, default ``train.seed``) with ``compute.threads_per_fold``
     torch threads, on the device this process resolves ``train.device`` to (``gpu_share``: the part of the
     GPU it may use, for the memory check)."""
-    start = time.monotonic()
+    started, start = time.time(), time.monotonic()
     seed = params.train.seed if seed is None else seed
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=seed))
     device = _worker_device(params, gpu_share)
     result = train_fold(trials, fold, params, device)
     result.model = result.model.cpu().eval()
-    return FoldOutput(fold, seed, result, subject_metrics(result.predictions), time.monotonic() - start)
+    return FoldOutput(fold, seed, result, subject_metrics(result.predictions), time.monotonic() - start, started)
 
 
 @dataclass
@@ -143,13 +144,17 @@ class FinalOutput:
     subjects: list[int]  # the subjects it was trained on
     n_domains: int
     device: dict         # what it ran on (pipeline.models.device_facts)
+    seconds: float       # how long it took, on the worker
+    started: float       # when it started (Unix time, the worker's clock)
 
 
 def train_final_one(trials: Trials, params: Params, epochs: int, candidate, gpu_share: float = 1.0) -> FinalOutput:
     """:func:`pipeline.train.train_final` on the device this process resolves, as :func:`train_one` does."""
+    started, start = time.time(), time.monotonic()
     device = _worker_device(params, gpu_share)
     model, subjects, n_domains = train_final(trials, params, epochs, candidate, device)
-    return FinalOutput(model.cpu().eval(), subjects, n_domains, device_facts(device))
+    return FinalOutput(model.cpu().eval(), subjects, n_domains, device_facts(device), time.monotonic() - start,
+                       started)
 
 
 def _worker_device(params: Params, gpu_share: float) -> torch.device:

@@ -1,5 +1,5 @@
 """Rebuild a logged pipeline execution exactly, and compare its metrics with the logged ones (its exact
-metrics files; MLflow's rounded metrics must agree with them too).
+metrics files; MLflow's metrics, rounded for reading, must agree with those files too).
 
     python -m pipeline.rebuild <run_id> [--retrain]     (a parent run, or any of its children)
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -231,13 +232,23 @@ def rebuild(run_id: str, root: Path | None = None, retrain: bool = False
         subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=root, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
     rows = [(key, logged.get(key), rebuilt.get(key)) for key in sorted(set(logged) | set(rebuilt))]
-    # MLflow's metrics are the files' numbers rounded for reading: one that is not (edited after the run,
-    # or logged by other code) is a row of its own.
-    rows += [(f"{key} (MLflow, rounded)", value, shown(rebuilt[key]))
-             for key, value in sorted(run.data.metrics.items()) if key in rebuilt and value != shown(rebuilt[key])]
+    # MLflow's metrics are the logged files' numbers (rounded for reading since SHOWN_DIGITS; exact before):
+    # one that is neither (edited after the run) is a row of its own, MLflow's value beside the file's.
+    rows += [(f"{key} (MLflow vs its logged file)", value, logged[key])
+             for key, value in sorted(run.data.metrics.items())
+             if key in logged and _difference(value, logged[key]) and _difference(value, shown(logged[key]))]
     rows += [(key, logged_subjects.get(key), rebuilt_subjects.get(key))
              for key in sorted(set(logged_subjects) | set(rebuilt_subjects))]
     return rows + [(key, 0.0, delta) for key, delta in predictions.items()], stages, remote
+
+
+def _difference(a: float | None, b: float | None) -> float:
+    """|a − b|; 0 for two NaNs (a std over one subject is NaN both times), inf when one is missing or NaN."""
+    if a is None or b is None:
+        return float("inf")
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else float("inf")
+    return abs(a - b)
 
 
 def report(rows, stages: dict[str, str] | None = None, remote: str | None = None) -> tuple[str, str]:
@@ -253,7 +264,7 @@ def report(rows, stages: dict[str, str] | None = None, remote: str | None = None
     lines.append(f"{'metric':<{width}}  {'logged':>20}  {'rebuilt':>20}  same")
     deltas = []
     for key, logged, rebuilt in rows:
-        delta = abs(logged - rebuilt) if logged is not None and rebuilt is not None else float("inf")
+        delta = _difference(logged, rebuilt)
         deltas.append(delta)
         lines.append(f"{key:<{width}}  {logged!s:>20}  {rebuilt!s:>20}  {'yes' if delta == 0 else 'NO'}")
     worst = max(deltas)

@@ -28,8 +28,9 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_VIEW = "?workflowType=machine_learning"
 ROLE_TAG = "pipeline.role"  # parent | fold | final
 BATCH = 1000                # MLflow's limit of metrics per log_batch call
-SHOWN_DIGITS = 4            # significant digits of a logged metric: what people read in the UI and its tables
-                            # (the exact values are the run's metrics/ and folds/ artifacts)
+SHOWN_DIGITS = 5            # significant digits of a logged float metric: what people read in the UI and its
+                            # tables (the exact values are the run's metrics/ and folds/ artifacts); 5, not 4,
+                            # so that no accuracy short of 1 reads as 1 (0.99995) and seconds stay whole
 SERVING_PACKAGES = ("mlflow", "numpy", "pandas", "pyyaml", "scikit-learn", "scipy", "torch", "tqdm")   # what
                             # pipeline.serving imports with pipeline.models (evaluate, sequences, splits)
 BOOKKEEPING_TAGS = (*PROCESS_TAGS, REQUEST_TAG)   # only on RUNNING runs (see Tracker.end)
@@ -94,8 +95,8 @@ def pipeline_metrics(metrics_dir: Path) -> dict[str, float]:
 
 
 def shown(value: float) -> float:
-    """``value`` to :data:`SHOWN_DIGITS` significant digits (0.7625000000000001 -> 0.7625, 1.7e-17 stays)."""
-    return float(f"{float(value):.{SHOWN_DIGITS}g}")
+    """A float to :data:`SHOWN_DIGITS` significant digits (0.7625000000000001 -> 0.7625); counts exact."""
+    return float(value) if isinstance(value, int) else float(f"{float(value):.{SHOWN_DIGITS}g}")
 
 
 def _ended_by(exc: BaseException) -> str:

@@ -10,7 +10,6 @@ stage logs it. When it trained goes to data/timings/final.json (pipeline/timing.
 """
 
 import json
-import time
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -36,7 +35,6 @@ if __name__ == "__main__":
     epochs = max(1, int(round(float(np.median(chosen)))))
     Candidate = models.load(p.model.name).Candidate
     candidate = majority([Candidate(**{f.name: s[f.name] for f in fields(Candidate)}) for s in selections])
-    started = time.time()
     try:
         final = run_final(trials, p, epochs, candidate)
     except FoldFailed as exc:
@@ -46,6 +44,6 @@ if __name__ == "__main__":
         save_checkpoint(tmp / "model.pt", final.model, p, dataset, final.subjects, final.n_domains, None)
         write_json(tmp / "final.json", {"epochs": epochs, "fold_chosen_epochs": chosen, **asdict(candidate),
                                         "subjects": final.subjects, "device": final.device})
-        record_timing("final", tmp / "model.pt", started, time.time() - started)
+        record_timing("final", tmp / "model.pt", final.started, final.seconds)
     print(f"final model: {len(final.subjects)} subjects, {epochs} epochs (median chosen epoch of {len(chosen)} "
           f"folds), {candidate} (the folds' majority), on {final.device['name']}")

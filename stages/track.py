@@ -15,7 +15,7 @@ people load and serve). So a study's weights are stored once, plus the final mod
 original's size (28 M parameters, 112 MB a model) 1.9 GB instead of 3.8 GB. The parent's ``device.names``
 lists every device its trainings used. A run's start and duration are those of what it records: a fold's
 or the final model's training when data/timings/ knows it (pipeline/timing.py), else the logging; the
-parent's, the ``dvc repro``/``dvc exp run`` that ran this stage, to the end of logging. Metrics are logged to 4
+parent's, the ``dvc repro``/``dvc exp run`` that ran this stage, to the end of logging. Metrics are logged to 5
 significant digits, for reading; the exact numbers are the parent's metrics/ and folds/ artifacts.
 Nothing is registered: ``python -m pipeline.promote <parent run id> --reason …`` is the
 one way ``models:/<mlflow.experiment>@candidate`` moves.
@@ -58,8 +58,8 @@ FOLD_PAGE = ("Curves `inner/*`: the training on this fold's inner-training part 
              "`window/*`: the refit model (trained on the whole training part for that many epochs) on the "
              "fold's test part. ")
 TIMED = {True: "The run's start and duration are the fold's training (`time/train_seconds`).",
-         False: "The run's start and duration are its logging: when the fold trained is not known here (its "
-                "model was restored from DVC's cache, or trained in another checkout)."}
+         False: "The run's start and duration are its logging: when the fold trained is not known here "
+                "(data/timings/ has no note for these weights: trained in another checkout)."}
 
 
 def curve_steps(path, chosen_epoch: int) -> list[tuple[int, dict[str, float]]]:
@@ -96,8 +96,9 @@ if __name__ == "__main__":
     name, runs = parent_name(flat, tags["git.commit"]), []
     final = json.loads((args.final_model / "final.json").read_text())
     devices = sorted({fold["device"]["name"] for fold in folds.values()} | {final["device"]["name"]})
-    timings = {s: timing_of(s, args.models / s / "model.pt") for s in folds}
-    timings["final"] = timing_of("final", args.final_model / "model.pt")
+    digests = {s: md5(args.models / s / "model.pt") for s in folds}   # the weights' names in DVC's cache
+    timings = {s: timing_of(s, digest) for s, digest in digests.items()}
+    timings["final"] = timing_of("final", md5(args.final_model / "model.pt"))
     # The parent spans the execution: from the start of the dvc command running this stage to the end of
     # this logging (outside dvc: the logging alone).
     try:
@@ -110,7 +111,7 @@ if __name__ == "__main__":
         tracker.log_artifacts(parent, ["params.yaml"])           # the exact file, for pipeline.rebuild
         for k, (s, fold) in enumerate(folds.items(), 1):
             model = args.models / s / "model.pt"
-            reference = {"model.path": str(model), "model.md5": md5(model)}   # in DVC's cache at git.commit
+            reference = {"model.path": str(model), "model.md5": digests[s]}   # in DVC's cache at git.commit
             with tracker.run(f"fold {s}", "fold", {**flat, "fold": s}, {**tags, **device_tags(fold["device"]),
                                                                          **reference}, parent=parent,
                              span=span(timings[s])) as run:

@@ -50,7 +50,7 @@ def write_fold(outputs: list[FoldOutput], p, models: Path, predictions: Path, fo
     write_json(fold_metrics / f"{name}.json", {**output.metrics, "selection": result.selection, "device": result.device,
                                      **({"seeds": seeds} if len(outputs) > 1 else {})})
     write_json(selections / f"{name}.json", result.selection)
-    record_timing(name, models / name / "model.pt", time.time() - output.seconds, output.seconds)
+    record_timing(name, models / name / "model.pt", output.started, output.seconds)
 
 
 def main() -> None:

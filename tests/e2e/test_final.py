@@ -43,6 +43,18 @@ def test_final_model_is_registered_served_and_predicts(project, tmp_path, monkey
     assert final_run.info.run_name == "final" and final_run.info.status == "FINISHED"
     assert final_run.data.tags["pipeline.role"] == "final"
 
+    # Each fold's and the final model's run lasts as long as its training (time/train_seconds; the stages
+    # note it in data/timings/); the parent, this `dvc repro`, began before them and ended after.
+    trained = client.search_runs([experiment.experiment_id], "tags.`pipeline.role` != 'parent'")
+    assert sorted(r.info.run_name for r in trained) == ["final", "fold subject-1", "fold subject-2"]
+    for run in trained:
+        seconds = run.data.metrics["time/train_seconds"]
+        duration = (run.info.end_time - run.info.start_time) / 1000        # ms; seconds shown to 5 digits
+        assert seconds > 0 and abs(duration - seconds) < 0.002 + 1e-4 * seconds, (duration, seconds)
+        assert parent.info.start_time <= run.info.start_time and run.info.end_time <= parent.info.end_time
+        if run.info.run_name != "final":
+            assert "are the fold's training" in run.data.tags["mlflow.note.content"]
+
     # A fold's model served (verified, with this checkout's serving code): subject 2's raw features as
     # ingested (labels and all) in, its fold's trial predictions out, exactly; an input that cannot be
     # right is a 400 with one line.

@@ -383,15 +383,17 @@ def test_a_run_spans_what_it_records_and_shows_rounded_numbers(tmp_path, monkeyp
     started = time.time() - 3600
     with tracker.run("p", "parent", span=(started, None)) as parent:
         with tracker.run("fold subject-1", "fold", parent=parent, span=(started + 5, started + 375.5)) as fold:
-            tracker.log_metrics(fold, {"trial/accuracy": 0.7625000000000001, "p": 1 / 3, "noise": -1.7e-17})
+            tracker.log_metrics(fold, {"trial/accuracy": 0.7625000000000001, "p": 1 / 3, "noise": -1.7e-17,
+                                       "window/accuracy": 0.99995, "window/n": 123456})
     runs = {r.info.run_name: r for r in tracker.client.search_runs([tracker.experiment_id])}
     info = runs["fold subject-1"].info
     assert (info.start_time, info.end_time) == (int((started + 5) * 1000), int((started + 375.5) * 1000))
     assert runs["p"].info.start_time == int(started * 1000) and runs["p"].info.end_time >= (time.time() - 60) * 1000
-    assert runs["fold subject-1"].data.metrics == {"trial/accuracy": 0.7625, "p": 0.3333, "noise": -1.7e-17}
+    assert runs["fold subject-1"].data.metrics == {"trial/accuracy": 0.7625, "p": 0.33333, "noise": -1.7e-17,
+                                                   "window/accuracy": 0.99995, "window/n": 123456}
 
 
-def test_a_timing_note_belongs_to_the_weights_it_timed(tmp_path):
+def test_a_timing_note_belongs_to_the_weights_it_timed(tmp_path, capsys):
     """data/timings/ is not DVC-tracked: a note is used only while the model it timed is the one on disk."""
     from pipeline import timing
 
@@ -399,11 +401,14 @@ def test_a_timing_note_belongs_to_the_weights_it_timed(tmp_path):
     model.parent.mkdir(parents=True)
     model.write_bytes(b"weights")
     timing.record("subject-3/block-2", model, 1000.0, 42.5, root=tmp_path / "timings")
-    assert timing.timing_of("subject-3/block-2", model, root=tmp_path / "timings") == {"started": 1000.0,
-                                                                                     "seconds": 42.5}
-    model.write_bytes(b"other weights")          # retrained elsewhere, or restored from DVC's cache
-    assert timing.timing_of("subject-3/block-2", model, root=tmp_path / "timings") is None
-    assert timing.timing_of("subject-4", model, root=tmp_path / "timings") is None   # never timed
+    assert timing.timing_of("subject-3/block-2", timing.md5(model), root=tmp_path / "timings") == {
+        "started": 1000.0, "seconds": 42.5}
+    model.write_bytes(b"other weights")          # trained in another checkout
+    assert timing.timing_of("subject-3/block-2", timing.md5(model), root=tmp_path / "timings") is None
+    assert timing.timing_of("subject-4", timing.md5(model), root=tmp_path / "timings") is None   # never timed
+    (tmp_path / "a-file").write_text("")          # a note that cannot be written never fails the training
+    timing.record("subject-4", model, 1000.0, 42.5, root=tmp_path / "a-file" / "timings")
+    assert "warning: " in capsys.readouterr().err
 
 
 def test_the_chosen_epoch_is_marked_on_the_fold_curves(tmp_path):
