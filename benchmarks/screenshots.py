@@ -87,15 +87,13 @@ def wait_for_url(page, part: str, seconds: float = 60) -> None:
         page.wait_for_timeout(250)
 
 
-def first_fold(project: Path, uri: str) -> tuple[str, str, str]:
+def first_fold(experiment_name: str, uri: str) -> tuple[str, str, str]:
     """(experiment id, run id, run name) of the first fold (by name: subject-1 before subject-10) of the
-    project's newest execution."""
+    experiment's newest execution."""
     import mlflow
 
-    from pipeline.params import load
-
     client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name(load(project / "params.yaml").mlflow.experiment)
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise NotShown(f"no experiment in {uri}: run `dvc repro` first")
     parents = client.search_runs([experiment.experiment_id], "tags.`pipeline.role` = 'parent'",
@@ -108,11 +106,7 @@ def first_fold(project: Path, uri: str) -> tuple[str, str, str]:
     return experiment.experiment_id, run.info.run_id, run.info.run_name
 
 
-def mlflow_pages(page, base: str, project: Path, uri: str, out: Path) -> None:
-    from pipeline.params import load
-
-    experiment_name = load(project / "params.yaml").mlflow.experiment
-
+def mlflow_pages(page, base: str, experiment_name: str, uri: str, out: Path) -> None:
     def experiments_list():
         page.goto("about:blank")       # a full load: MLflow routes in the fragment, a same-page goto may not redraw
         page.goto(f"{base}/#/experiments")
@@ -140,11 +134,11 @@ def mlflow_pages(page, base: str, project: Path, uri: str, out: Path) -> None:
     page.wait_for_timeout(2000)
     page.screenshot(path=out / "mlflow-experiment.png")
 
-    experiment_id, run_id, run_name = first_fold(project, uri)
+    experiment_id, run_id, run_name = first_fold(experiment_name, uri)
     page.set_viewport_size({"width": 1600, "height": 1900})   # every inner/* chart drawn (MLflow draws visible ones)
     page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics")
-    for chart in ("chosen_epoch", "val_loss", "val_f1"):
-        page.get_by_text(chart, exact=True).first.wait_for(timeout=60_000)
+    for metric in ("inner/chosen_epoch", "inner/val_loss", "inner/val_f1"):   # each chart's legend names its metric
+        page.get_by_text(f"{run_name} ({metric})", exact=True).first.wait_for(timeout=60_000)
     page.wait_for_timeout(3000)     # the charts draw after their titles
     page.screenshot(path=out / "mlflow-fold.png")
     page.set_viewport_size({"width": 1600, "height": 1000})
@@ -181,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import TimeoutError as PageTimeout
     from playwright.sync_api import sync_playwright
 
+    from pipeline.params import load
+
     chromium = browser_path()
     if chromium is None:
         print("error: no Chromium: install it (Debian: apt-get install chromium) or set CHROMIUM", file=sys.stderr)
@@ -188,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     project, out = args.project.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}"
+    experiment = load(project / "params.yaml").mlflow.experiment
     port = free_port()
     server = None
     try:
@@ -196,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})   # a new profile: a first visit
             try:
-                mlflow_pages(page, f"http://127.0.0.1:{port}", project, uri, out)
+                mlflow_pages(page, f"http://127.0.0.1:{port}", experiment, uri, out)
                 plots_page(page, project, out)
             except (NotShown, PageTimeout) as exc:
                 page.screenshot(path=out / "failed.png", full_page=True)

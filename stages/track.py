@@ -76,6 +76,11 @@ def span(timing: dict | None) -> tuple[float, float] | None:
     return None if timing is None else (timing["started"], timing["started"] + timing["seconds"])
 
 
+def took(timing: dict | None) -> dict[str, float]:
+    """A training's ``time/train_seconds`` metric; none when its time is not known."""
+    return {} if timing is None else {"time/train_seconds": timing["seconds"]}
+
+
 if __name__ == "__main__":
     args = paths(__doc__, "models", "predictions", "fold_metrics", "curves", "metrics", "final_model", "plots",
                  "record")
@@ -102,7 +107,7 @@ if __name__ == "__main__":
     # The parent spans the execution: from the start of the dvc command running this stage to the end of
     # this logging (outside dvc: the logging alone).
     try:
-        execution = (psutil.Process(dvc_process()).create_time(), None) if dvc_process() else None
+        execution = None if (dvc := dvc_process()) is None else (psutil.Process(dvc).create_time(), None)
     except psutil.Error:          # gone or not ours to read: the stage's own check stops it anyway
         execution = None
     with user_errors(), tracker.execution(), tracker.run(name, "parent", flat,
@@ -119,16 +124,14 @@ if __name__ == "__main__":
                 tracker.describe(run, FOLD_PAGE + TIMED[timings[s] is not None])
                 scores = flat_metrics({level: fold[level] for level in ("trial", "window")})
                 chosen = {f"selection/{k}": v for k, v in fold["selection"].items() if type(v) in (int, float)}
-                took = {"time/train_seconds": timings[s]["seconds"]} if timings[s] else {}
-                tracker.log_metrics(run, {**scores, **chosen, **took})
+                tracker.log_metrics(run, {**scores, **chosen, **took(timings[s])})
             runs.append(f"fold {s}")
             print(f"tracked fold {s} ({k}/{len(folds)}) | elapsed {time.monotonic() - start:.0f} s", flush=True)
 
         with tracker.run("final", "final", {**flat, "final.epochs": final["epochs"]},
                          {**tags, **device_tags(final["device"])}, parent=parent, span=span(timings["final"])) as run:
-            took = {"time/train_seconds": timings["final"]["seconds"]} if timings["final"] else {}
             tracker.log_metrics(run, {**{f"final/{k}": v for k, v in final.items() if type(v) in (int, float)},
-                                      **took})
+                                      **took(timings["final"])})
             tracker.log_model(run, args.final_model / "model.pt", name="final")
         runs.append("final")
 
